@@ -1,0 +1,1 @@
+"""Newsroom Digest: newsletter and social sharing automation for news sites."""

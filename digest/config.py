@@ -1,0 +1,90 @@
+"""Configuration from the environment.
+
+Every variable has a working default so that a fresh clone runs with nothing installed but
+Python: a SQLite database, kombu's SQLAlchemy transport on a second SQLite file as the broker,
+and a ``file://`` outbox instead of a mail server, all inside ``DIGEST_DATA_DIR``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parseaddr
+from pathlib import Path
+
+SECRET_KEY_FILE = "secret.key"
+
+
+class ConfigError(ValueError):
+    """A setting is present but unusable; the message names the variable and the fix."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    database_url: str
+    broker_url: str
+    smtp_url: str
+    base_url: str
+    secret_keys: tuple[str, ...]
+    from_address: str
+    batch_size: int
+    tick_seconds: float
+
+    @property
+    def sender_domain(self) -> str:
+        return parseaddr(self.from_address)[1].rpartition("@")[2] or "localhost"
+
+
+def _secret_keys(env: Mapping[str, str], data_dir: Path) -> tuple[str, ...]:
+    configured = [k.strip() for k in env.get("DIGEST_SECRET_KEYS", "").split(",") if k.strip()]
+    if configured:
+        return tuple(configured)
+    # The embedded default: one key generated on first use and kept beside the database, so
+    # links signed yesterday still verify today. Written with O_EXCL so two processes starting
+    # at once cannot each write a different key.
+    path = data_dir / SECRET_KEY_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        key = path.read_text().strip()
+        if not key:
+            raise ConfigError(f"{path} is empty: delete it to generate a new key") from None
+        return (key,)
+    key = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return (key,)
+
+
+def _positive(env: Mapping[str, str], name: str, default: str) -> float:
+    raw = env.get(name, default)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value <= 0:
+        raise ConfigError(f"{name}={raw!r} must be greater than zero")
+    return value
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    data_dir = Path(env.get("DIGEST_DATA_DIR", "var")).expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    from_address = env.get("DIGEST_FROM", "Newsroom Digest <digest@news.example.com>")
+    if "@" not in parseaddr(from_address)[1]:
+        raise ConfigError(f"DIGEST_FROM={from_address!r} has no email address in it")
+    return Settings(
+        data_dir=data_dir,
+        database_url=env.get("DIGEST_DATABASE_URL", f"sqlite:///{data_dir / 'digest.db'}"),
+        broker_url=env.get("DIGEST_BROKER_URL", f"sqla+sqlite:///{data_dir / 'broker.db'}"),
+        smtp_url=env.get("DIGEST_SMTP_URL", f"file://{data_dir / 'outbox'}"),
+        base_url=env.get("DIGEST_BASE_URL", "http://127.0.0.1:8000").rstrip("/"),
+        secret_keys=_secret_keys(env, data_dir),
+        from_address=from_address,
+        batch_size=int(_positive(env, "DIGEST_BATCH_SIZE", "100")),
+        tick_seconds=_positive(env, "DIGEST_TICK_SECONDS", "15"),
+    )

@@ -1,0 +1,166 @@
+"""Preparing an edition: choose, freeze, and write one delivery row per subscriber.
+
+Everything an edition shows is frozen into ``Edition.content`` here, together with the tracked
+link rows, in the same transaction as the deliveries. After this commit the edition never
+changes: a retried send or a "view in browser" renders the same thing.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import date, datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from sqlalchemy import insert, literal, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from digest.models import (
+    Delivery,
+    DeliveryState,
+    Edition,
+    Link,
+    Newsletter,
+    Subscriber,
+    SubscriberStatus,
+    Subscription,
+)
+from digest.selection import select_blocks
+
+log = logging.getLogger(__name__)
+
+
+class NothingToSend(Exception):
+    """No story qualifies for the edition; nothing was written."""
+
+
+def with_utm(url: str, source: str, medium: str, campaign: str) -> str:
+    """Add UTM parameters once, when the link row is created; the site's own are kept."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    present = {k for k, _ in query}
+    for key, value in (("utm_source", source), ("utm_medium", medium), ("utm_campaign", campaign)):
+        if key not in present:
+            query.append((key, value))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _find(session: Session, newsletter_id: int, issue_date: date) -> Edition | None:
+    return session.scalars(
+        select(Edition).where(
+            Edition.newsletter_id == newsletter_id, Edition.issue_date == issue_date
+        )
+    ).first()
+
+
+def prepare_edition(
+    session: Session, newsletter: Newsletter, issue_date: date, now: datetime
+) -> Edition:
+    """Freeze the newsletter's edition for ``issue_date`` with stories published up to ``now``.
+
+    Idempotent: if the edition exists (prepared earlier, or concurrently by another tick), that
+    edition is returned and nothing is written.
+    """
+    existing = _find(session, newsletter.id, issue_date)
+    if existing is not None:
+        return existing
+    blocks = select_blocks(session, newsletter, now)
+    if not blocks:
+        raise NothingToSend(f"no stories for {newsletter.slug} on {issue_date:%Y-%m-%d}")
+
+    stories = [story for block in blocks for story in block.stories]
+    subject = f"{newsletter.name}: {stories[0].title}"
+    edition = Edition(
+        newsletter_id=newsletter.id,
+        issue_date=issue_date,
+        subject=subject[:500],
+        preheader=" · ".join(s.title for s in stories[1:4])[:500],
+        content={},
+    )
+    session.add(edition)
+    session.flush()
+
+    campaign = f"{newsletter.slug}-{issue_date:%Y-%m-%d}"
+    links = {
+        story.id: Link(
+            edition_id=edition.id,
+            story_id=story.id,
+            url=with_utm(story.canonical_url, "newsletter", "email", campaign),
+        )
+        for story in stories
+    }
+    session.add_all(links.values())
+    session.flush()
+    content: dict[str, Any] = {
+        "blocks": [
+            {
+                "key": block.key,
+                "title": block.title,
+                "items": [
+                    {
+                        "story_id": story.id,
+                        "link_id": links[story.id].id,
+                        "title": story.title,
+                        "section": story.section,
+                        "summary": story.summary,
+                    }
+                    for story in block.stories
+                ],
+            }
+            for block in blocks
+        ]
+    }
+    edition.content = content
+
+    # The audience, frozen in one statement: every active subscriber of the newsletter.
+    audience = (
+        select(
+            literal(edition.id),
+            Subscriber.id,
+            literal(DeliveryState.QUEUED.value),
+            literal(0),
+            literal(now, type_=Delivery.__table__.c.created_at.type),
+        )
+        .join(Subscription, Subscription.subscriber_id == Subscriber.id)
+        .where(
+            Subscription.newsletter_id == newsletter.id,
+            Subscription.active.is_(True),
+            Subscriber.status == SubscriberStatus.ACTIVE,
+        )
+    )
+    session.execute(
+        insert(Delivery).from_select(
+            ["edition_id", "subscriber_id", "state", "attempts", "created_at"], audience
+        )
+    )
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raced = _find(session, newsletter.id, issue_date)
+        if raced is None:
+            raise
+        return raced
+    return edition
+
+
+def prepare_due_editions(session: Session, now: datetime) -> list[Edition]:
+    """Prepare today's edition of every newsletter whose send hour (UTC) has come.
+
+    Called from every beat tick; idempotent through the edition's unique (newsletter, day).
+    """
+    due = session.scalars(
+        select(Newsletter).where(
+            Newsletter.send_hour_utc.is_not(None), Newsletter.send_hour_utc <= now.hour
+        )
+    ).all()
+    prepared = []
+    for newsletter in due:
+        if _find(session, newsletter.id, now.date()) is not None:
+            continue
+        try:
+            prepared.append(prepare_edition(session, newsletter, now.date(), now))
+        except NothingToSend as exc:
+            log.info("skipped: %s", exc)
+    return prepared

@@ -1,0 +1,302 @@
+"""The data model.
+
+Invariants the database enforces rather than the code (DESIGN, rules 1 and 7):
+- one delivery per (edition, subscriber) and one social post per (story, account, variant), both
+  written before anything is sent, so a retried task or a duplicate tick cannot send twice;
+- an edition's content is frozen into ``Edition.content`` when it is prepared, so a retry or a
+  "view in browser" shows exactly what was sent.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY, so big ids fall back to it there.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores naive text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given where UTC is required")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+    type_annotation_map = {datetime: UTCDateTime()}  # noqa: RUF012
+
+
+def _enum(cls: type[enum.Enum]) -> Enum:
+    # Stored as VARCHAR with a CHECK constraint: new states need no ALTER TYPE on PostgreSQL.
+    return Enum(cls, native_enum=False, values_callable=lambda e: [m.value for m in e], length=20)
+
+
+class SourceRole(enum.StrEnum):
+    """What a source's list means to the newsroom."""
+
+    LATEST = "latest"
+    MUST_READ = "must_read"
+    POPULAR = "popular"
+
+
+class SubscriberStatus(enum.StrEnum):
+    PENDING = "pending"
+    ACTIVE = "active"
+    UNSUBSCRIBED = "unsubscribed"
+
+
+class DeliveryState(enum.StrEnum):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    DEFERRED = "deferred"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+
+FINAL_DELIVERY_STATES = (DeliveryState.SENT, DeliveryState.FAILED, DeliveryState.UNKNOWN)
+
+
+class SocialPostState(enum.StrEnum):
+    QUEUED = "queued"
+    POSTING = "posting"
+    POSTED = "posted"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+
+class Source(Base):
+    __tablename__ = "sources"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048), unique=True)
+    kind: Mapped[str] = mapped_column(String(20), default="rss")
+    role: Mapped[SourceRole] = mapped_column(_enum(SourceRole), default=SourceRole.LATEST)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    last_fetched_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    error_count: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Story(Base):
+    __tablename__ = "stories"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    canonical_url: Mapped[str] = mapped_column(String(2048), unique=True)
+    guid: Mapped[str | None] = mapped_column(String(2048), index=True)
+    title: Mapped[str] = mapped_column(String(500))
+    summary: Mapped[str] = mapped_column(Text, default="")
+    section: Mapped[str] = mapped_column(String(100), default="")
+    author: Mapped[str] = mapped_column(String(200), default="")
+    image_url: Mapped[str | None] = mapped_column(String(2048))
+    published_at: Mapped[datetime] = mapped_column(index=True)
+    # Rank in the source's must-read / popular list; None when the story is not on it.
+    must_read_rank: Mapped[int | None]
+    popular_rank: Mapped[int | None]
+    source_id: Mapped[int | None] = mapped_column(ForeignKey("sources.id", ondelete="SET NULL"))
+    first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Subscriber(Base):
+    __tablename__ = "subscribers"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    # Stored lower-cased: the unique index is then case-insensitive on every backend.
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    status: Mapped[SubscriberStatus] = mapped_column(
+        _enum(SubscriberStatus), default=SubscriberStatus.PENDING
+    )
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    tracking_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Newsletter(Base):
+    __tablename__ = "newsletters"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(String(100), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    from_address: Mapped[str | None] = mapped_column(String(320))
+    # Hour of day (UTC) at which the beat prepares the daily edition; None = sent by hand only.
+    send_hour_utc: Mapped[int | None]
+    must_read_limit: Mapped[int] = mapped_column(default=5)
+    latest_limit: Mapped[int] = mapped_column(default=10)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Subscription(Base):
+    __tablename__ = "subscriptions"
+    __table_args__ = (UniqueConstraint("newsletter_id", "subscriber_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    newsletter_id: Mapped[int] = mapped_column(ForeignKey("newsletters.id", ondelete="CASCADE"))
+    subscriber_id: Mapped[int] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="CASCADE"), index=True
+    )
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Edition(Base):
+    __tablename__ = "editions"
+    # One edition per newsletter and day: a duplicate beat tick cannot prepare a second one.
+    __table_args__ = (UniqueConstraint("newsletter_id", "issue_date"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    newsletter_id: Mapped[int] = mapped_column(ForeignKey("newsletters.id", ondelete="CASCADE"))
+    issue_date: Mapped[date] = mapped_column(Date)
+    subject: Mapped[str] = mapped_column(String(500))
+    preheader: Mapped[str] = mapped_column(String(500), default="")
+    # The frozen snapshot: {"blocks": [{"key", "title", "items": [{story, link_id, ...}]}]}.
+    content: Mapped[dict[str, Any]] = mapped_column(JSON)
+    prepared_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Last time send tasks were put on the broker; the reconciler re-dispatches stalled editions.
+    dispatched_at: Mapped[datetime | None]
+
+    newsletter: Mapped[Newsletter] = relationship()
+
+
+class Delivery(Base):
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("edition_id", "subscriber_id"),
+        Index("ix_deliveries_edition_state", "edition_id", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    edition_id: Mapped[int] = mapped_column(ForeignKey("editions.id", ondelete="CASCADE"))
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
+    state: Mapped[DeliveryState] = mapped_column(_enum(DeliveryState), default=DeliveryState.QUEUED)
+    attempts: Mapped[int] = mapped_column(default=0)
+    # While ``sending``, the claim is valid until this time; after it the row is presumed to
+    # have died inside the SMTP window and becomes ``unknown`` (never resent automatically).
+    lease_until: Mapped[datetime | None]
+    next_attempt_at: Mapped[datetime | None]
+    claimed_at: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Link(Base):
+    """A tracked link: the redirect target always comes from this row, never from the URL."""
+
+    __tablename__ = "links"
+    __table_args__ = (UniqueConstraint("edition_id", "url"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    edition_id: Mapped[int | None] = mapped_column(ForeignKey("editions.id", ondelete="CASCADE"))
+    story_id: Mapped[int | None] = mapped_column(ForeignKey("stories.id", ondelete="SET NULL"))
+    url: Mapped[str] = mapped_column(String(4096))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Click(Base):
+    __tablename__ = "clicks"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    link_id: Mapped[int] = mapped_column(ForeignKey("links.id", ondelete="CASCADE"), index=True)
+    delivery_id: Mapped[int | None] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="SET NULL"), index=True
+    )
+    clicked_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Truncated before storage (/24 for IPv4, /48 for IPv6): enough for abuse ranges, not people.
+    ip_prefix: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(512))
+
+
+class Open(Base):
+    __tablename__ = "opens"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="CASCADE"), index=True
+    )
+    opened_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ip_prefix: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(512))
+
+
+class SocialAccount(Base):
+    __tablename__ = "social_accounts"
+    __table_args__ = (UniqueConstraint("platform", "handle"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    platform: Mapped[str] = mapped_column(String(30))
+    handle: Mapped[str] = mapped_column(String(200))
+    # MultiFernet ciphertext; the plaintext never reaches the database or the logs.
+    credentials: Mapped[bytes | None] = mapped_column(LargeBinary)
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SocialPost(Base):
+    __tablename__ = "social_posts"
+    __table_args__ = (UniqueConstraint("story_id", "account_id", "variant"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    story_id: Mapped[int] = mapped_column(ForeignKey("stories.id", ondelete="CASCADE"))
+    account_id: Mapped[int] = mapped_column(
+        ForeignKey("social_accounts.id", ondelete="CASCADE"), index=True
+    )
+    variant: Mapped[str] = mapped_column(String(30), default="default")
+    state: Mapped[SocialPostState] = mapped_column(
+        _enum(SocialPostState), default=SocialPostState.QUEUED
+    )
+    text: Mapped[str] = mapped_column(Text, default="")
+    remote_id: Mapped[str | None] = mapped_column(String(200))
+    scheduled_for: Mapped[datetime | None]
+    posted_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,68 @@
+"""Rendering an edition's frozen content into the HTML and plain-text parts of one message."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+
+def templates_dir() -> Path:
+    """Templates ship inside the wheel as ``digest/templates``; a source checkout (including an
+    editable install) keeps them at the top-level ``templates/`` folder."""
+    packaged = Path(__file__).parent / "templates"
+    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "templates"
+
+
+@cache
+def environment() -> Environment:
+    return Environment(
+        loader=FileSystemLoader(templates_dir()),
+        # HTML is escaped everywhere; the plain-text part must not be (it would show "&amp;").
+        autoescape=select_autoescape(disabled_extensions=("txt",), default=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+@dataclass(frozen=True)
+class RenderedMessage:
+    subject: str
+    html: str
+    text: str
+
+
+def render_edition(
+    newsletter_name: str,
+    subject: str,
+    preheader: str,
+    content: Mapping[str, Any],
+    href: Callable[[int], str],
+    open_pixel_url: str | None,
+) -> RenderedMessage:
+    """``href`` maps a frozen item's link id to the URL this recipient should see."""
+    blocks = [
+        {
+            "title": block["title"],
+            "items": [{**item, "href": href(item["link_id"])} for item in block["items"]],
+        }
+        for block in content["blocks"]
+    ]
+    context = {
+        "newsletter_name": newsletter_name,
+        "subject": subject,
+        "preheader": preheader,
+        "blocks": blocks,
+        "open_pixel_url": open_pixel_url,
+    }
+    env = environment()
+    return RenderedMessage(
+        subject=subject,
+        html=env.get_template("email/digest.html").render(context),
+        text=env.get_template("email/digest.txt").render(context),
+    )

@@ -1,0 +1,227 @@
+"""A sample news site built from a real article page's story lists (shared samples).
+
+The demo and the tests publish these stories as RSS 2.0 feeds, one per list the site shows
+("Latest Stories", "Must-Reads", "Popular Now"), with publication times relative to ``now`` so
+that today's edition always has something in it. The feeds are ordinary RSS files: ingestion
+reads them exactly as it reads a real site's feeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+from digest.models import SourceRole
+
+SITE = "https://news.example.com"
+
+
+@dataclass(frozen=True)
+class SampleStory:
+    slug: str
+    title: str
+    section: str
+    summary: str
+    minutes_ago: int
+
+    @property
+    def url(self) -> str:
+        return f"{SITE}/{self.section.lower()}/{self.slug}"
+
+
+_STORIES = [
+    SampleStory(
+        "north-korea-new-role-russia-war",
+        "North Korea’s Dangerous New Role in Russia’s War: What You Need to Know",
+        "ASIA",
+        "The U.S. State Department says North Korean troops sent to Russia’s Kursk region have "
+        "fought Ukrainian forces for the first time.",
+        35,
+    ),
+    SampleStory(
+        "707-unit-commander-confesses",
+        "707 Unit Commander Confesses: ‘I Failed My Soldiers, and I’ll Accept the Consequences’",
+        "POLITICS",
+        "The special forces commander takes responsibility for his unit’s deployment.",
+        50,
+    ),
+    SampleStory(
+        "yoon-approval-rating-crashes",
+        "Yoon’s Approval Rating Crashes: Approval Falls to 17.3%, Disapproval Rises to 79.2%",
+        "POLITICS",
+        "A new poll shows the president’s support at a record low.",
+        95,
+    ),
+    SampleStory(
+        "democratic-party-second-impeachment",
+        "Democratic Party Leader Demands Second Impeachment After Martial Law Controversy",
+        "POLITICS",
+        "The opposition leader calls for a second vote in the National Assembly.",
+        140,
+    ),
+    SampleStory(
+        "zelenskyy-reveals-ukraine-losses",
+        "Zelenskyy Reveals Ukraine’s Tragic Losses: 43,000 Soldiers Dead Since Russia’s Invasion",
+        "WORLD",
+        "Ukraine’s president gives a rare official figure for the war’s dead.",
+        210,
+    ),
+    SampleStory(
+        "trump-calls-for-ceasefire",
+        "Trump Calls for Ceasefire in Ukraine, Urges Putin to Take Action Now",
+        "WORLD",
+        "The president-elect urges an immediate ceasefire.",
+        260,
+    ),
+    SampleStory(
+        "us-defense-secretary-cancels-trip",
+        "US Defense Secretary Cancels South Korea Trip After Martial Law Drama, "
+        "Heads to Japan Instead",
+        "WORLD",
+        "The Seoul leg of the Asia tour is dropped.",
+        330,
+    ),
+    SampleStory(
+        "kim-jong-un-achievements-2024",
+        "Kim Jong Un’s Achievements in 2024: Housing, Agriculture, and Military Focused Leadership",
+        "ASIA",
+        "What Pyongyang counts as the year’s successes.",
+        600,
+    ),
+    SampleStory(
+        "could-president-attack-north-korea",
+        "Could South Korea President Attack North Korea? Experts Fear He’ll Do Anything to Hold On",
+        "DEBATE",
+        "Analysts weigh the risk of escalation.",
+        720,
+    ),
+    SampleStory(
+        "saudi-price-cuts-oil-markets",
+        "Saudi Arabia’s Price Cuts Send Shockwaves Through Oil Markets—Here’s Why",
+        "BUSINESS",
+        "Riyadh lowers prices for Asian buyers.",
+        800,
+    ),
+    SampleStory(
+        "park-myong-jin-three-gold-medals",
+        "North Korea's Park Myong Jin Crushes Competition, Wins Three Gold Medals in Bahrain",
+        "SPORTS",
+        "The weightlifter dominates the world championships.",
+        900,
+    ),
+    SampleStory(
+        "former-defense-minister-kim-accused",
+        "Former Defense Minister Kim Accused of Ordering Strike on North Korea",
+        "ASIA",
+        "Prosecutors examine orders given before martial law.",
+        1000,
+    ),
+    SampleStory(
+        "uber-weride-autonomous-taxi-abu-dhabi",
+        "Uber Teams Up with Chinese Firm WeRide for First Autonomous Taxi Service in Abu Dhabi",
+        "BUSINESS",
+        "Robotaxis arrive in the Gulf.",
+        1100,
+    ),
+    SampleStory(
+        "chinese-evs-byd-xiaomi-tesla",
+        "Chinese EVs Are Taking Over the Market—BYD and Xiaomi Are Stepping on Tesla's Toes",
+        "BUSINESS",
+        "Chinese carmakers gain share at home and abroad.",
+        1150,
+    ),
+    SampleStory(
+        "microsoft-ai-deal-uae",
+        "Is Microsoft’s $1.5 Billion AI Deal with UAE a Risky Gamble for U.S. Security?",
+        "BUSINESS",
+        "Lawmakers question the investment in G42.",
+        1200,
+    ),
+    SampleStory(
+        "film-industry-calls-for-impeachment",
+        "Film Industry Calls for Yoon’s Impeachment—3,000 Sign Statement Amid Martial Law "
+        "Controversy",
+        "ENTERTAINMENT",
+        "Directors and actors sign a joint statement.",
+        1250,
+    ),
+    SampleStory(
+        "china-buying-gold-again",
+        "China Starts Buying Gold Again After Six Months—Could This Shake Up Prices?",
+        "ASIA",
+        "The central bank resumes purchases.",
+        1300,
+    ),
+]
+
+_BY_SLUG = {s.slug: s for s in _STORIES}
+
+# The lists as the article page shows them, in their on-page order.
+LISTS: dict[SourceRole, list[SampleStory]] = {
+    SourceRole.LATEST: _STORIES[:7],
+    SourceRole.MUST_READ: [
+        _BY_SLUG[s]
+        for s in (
+            "kim-jong-un-achievements-2024",
+            "could-president-attack-north-korea",
+            "saudi-price-cuts-oil-markets",
+            "park-myong-jin-three-gold-medals",
+            "former-defense-minister-kim-accused",
+        )
+    ],
+    SourceRole.POPULAR: [
+        _BY_SLUG[s]
+        for s in (
+            "uber-weride-autonomous-taxi-abu-dhabi",
+            "chinese-evs-byd-xiaomi-tesla",
+            "microsoft-ai-deal-uae",
+            "film-industry-calls-for-impeachment",
+            "china-buying-gold-again",
+        )
+    ],
+}
+
+_LIST_TITLES = {
+    SourceRole.LATEST: "Latest Stories",
+    SourceRole.MUST_READ: "Must-Reads",
+    SourceRole.POPULAR: "Popular Now",
+}
+
+
+def rss_feed(role: SourceRole, now: datetime) -> str:
+    """The RSS 2.0 document for one of the site's lists."""
+    items = "".join(
+        f"""
+    <item>
+      <title>{escape(s.title)}</title>
+      <link>{s.url}?utm_source=rss&amp;utm_medium=feed</link>
+      <guid isPermaLink="false">{SITE}/story/{s.slug}</guid>
+      <category>{s.section}</category>
+      <description>{escape(s.summary)}</description>
+      <pubDate>{format_datetime(now - timedelta(minutes=s.minutes_ago))}</pubDate>
+    </item>"""
+        for s in LISTS[role]
+    )
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<rss version="2.0">
+  <channel>
+    <title>Example News — {_LIST_TITLES[role]}</title>
+    <link>{SITE}/</link>
+    <description>{_LIST_TITLES[role]} from Example News</description>{items}
+  </channel>
+</rss>
+"""
+
+
+def write_feeds(directory: Path, now: datetime) -> dict[SourceRole, Path]:
+    """Write one feed file per list; returns where each went."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for role in LISTS:
+        path = directory / f"{role.value}.xml"
+        path.write_text(rss_feed(role, now), encoding="utf-8")
+        paths[role] = path
+    return paths

@@ -1,0 +1,59 @@
+"""Who receives a newsletter."""
+
+from __future__ import annotations
+
+from email.utils import parseaddr
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from digest.models import Newsletter, Subscriber, SubscriberStatus, Subscription
+
+
+class InvalidAddress(ValueError):
+    pass
+
+
+def normalise_email(raw: str) -> str:
+    """Lower-cased address, or InvalidAddress; header-breaking characters are never accepted."""
+    name, address = parseaddr(raw)
+    address = address.strip().lower()
+    local, _, domain = address.rpartition("@")
+    if not local or "." not in domain or any(c in raw for c in "\r\n\0") or name:
+        raise InvalidAddress(f"{raw!r} is not a plain email address")
+    return address
+
+
+def subscribe_active(
+    session: Session, newsletter: Newsletter, email: str, name: str = ""
+) -> Subscriber:
+    """Add an already-confirmed subscriber (imports, the demo); idempotent per address."""
+    address = normalise_email(email)
+    subscriber = session.scalars(select(Subscriber).where(Subscriber.email == address)).first()
+    if subscriber is None:
+        subscriber = Subscriber(email=address, name=name, status=SubscriberStatus.ACTIVE)
+        session.add(subscriber)
+        session.flush()
+    subscription = session.scalars(
+        select(Subscription).where(
+            Subscription.newsletter_id == newsletter.id,
+            Subscription.subscriber_id == subscriber.id,
+        )
+    ).first()
+    if subscription is None:
+        session.add(Subscription(newsletter_id=newsletter.id, subscriber_id=subscriber.id))
+    return subscriber
+
+
+def unsubscribe(session: Session, subscriber_id: int, newsletter_id: int) -> Newsletter | None:
+    """End the subscription at once; returns the newsletter, or None if it is unknown."""
+    session.execute(
+        update(Subscription)
+        .where(
+            Subscription.subscriber_id == subscriber_id,
+            Subscription.newsletter_id == newsletter_id,
+        )
+        .values(active=False)
+    )
+    session.commit()
+    return session.get(Newsletter, newsletter_id)

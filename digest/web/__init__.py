@@ -1,0 +1,1 @@
+"""The ASGI web app: public tracking and subscription routes."""
