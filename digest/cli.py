@@ -23,16 +23,12 @@ from digest.models import (
     FINAL_DELIVERY_STATES,
     DeliveryState,
     Edition,
-    Newsletter,
-    Source,
     Story,
     utcnow,
 )
-from digest.sample_site import write_feeds
+from digest.sample_site import demo_newsletter, register_sample_sources
 from digest.sending import delivery_counts
-from digest.subscriptions import subscribe_active
 
-DEMO_NEWSLETTER = "daily"
 DEMO_WAIT_SECONDS = 180
 
 
@@ -98,40 +94,6 @@ def beat(loglevel: str) -> None:
     )
 
 
-def _ingest_sample_site(session: Session, settings: Settings) -> None:
-    feeds = write_feeds(settings.data_dir / "sample-site", utcnow())
-    sources = []
-    for role, path in feeds.items():
-        url = path.as_uri()
-        source = session.scalars(select(Source).where(Source.url == url)).first()
-        if source is None:
-            source = Source(url=url, kind="rss", role=role, name=f"Example News: {role.value}")
-            session.add(source)
-            session.flush()
-        sources.append(source)
-    session.commit()
-    with click.progressbar(sources, label="Ingesting the sample site's feeds") as bar:
-        for source in bar:
-            try:
-                ingest_source(session, source)
-            except IngestError as exc:
-                raise click.ClickException(f"{source.url}: {exc}") from exc
-
-
-def _demo_newsletter(session: Session, subscribers: int) -> Newsletter:
-    newsletter = session.scalars(
-        select(Newsletter).where(Newsletter.slug == DEMO_NEWSLETTER)
-    ).first()
-    if newsletter is None:
-        newsletter = Newsletter(slug=DEMO_NEWSLETTER, name="Example News Daily")
-        session.add(newsletter)
-        session.flush()
-    for n in range(1, subscribers + 1):
-        subscribe_active(session, newsletter, f"reader{n:03d}@example.org", f"Reader {n}")
-    session.commit()
-    return newsletter
-
-
 def _run_worker_until_sent(settings: Settings, session: Session, edition: Edition) -> None:
     """Start a real worker process and wait until every delivery is final."""
     log_path = settings.data_dir / "demo-worker.log"
@@ -179,8 +141,14 @@ def demo(subscribers: int) -> None:
     click.echo(f"Data directory: {settings.data_dir}")
     migrate(settings.database_url)
     with session_factory(settings.database_url)() as session:
-        _ingest_sample_site(session, settings)
-        newsletter = _demo_newsletter(session, subscribers)
+        sources = register_sample_sources(session, settings.data_dir / "sample-site", utcnow())
+        with click.progressbar(sources, label="Ingesting the sample site's feeds") as bar:
+            for source in bar:
+                try:
+                    ingest_source(session, source)
+                except IngestError as exc:
+                    raise click.ClickException(f"{source.url}: {exc}") from exc
+        newsletter = demo_newsletter(session, subscribers)
         now = utcnow()
         try:
             edition = prepare_edition(session, newsletter, now.date(), now)

@@ -30,6 +30,7 @@ class Settings:
     base_url: str
     secret_keys: tuple[str, ...]
     from_address: str
+    queue: str
     batch_size: int
     tick_seconds: float
 
@@ -85,6 +86,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         base_url=env.get("DIGEST_BASE_URL", "http://127.0.0.1:8000").rstrip("/"),
         secret_keys=_secret_keys(env, data_dir),
         from_address=from_address,
+        queue=env.get("DIGEST_QUEUE", "digest"),
         batch_size=int(_positive(env, "DIGEST_BATCH_SIZE", "100")),
         tick_seconds=_positive(env, "DIGEST_TICK_SECONDS", "15"),
     )

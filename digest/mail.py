@@ -161,6 +161,8 @@ class SmtpSender:
                 smtp.starttls(context=context)
         if self.username:
             smtp.login(self.username, self.password or "")
+        # mail()/rcpt() below do not greet by themselves (only sendmail() does).
+        smtp.ehlo_or_helo_if_needed()
         return smtp
 
     def _reset(self) -> None:

@@ -14,7 +14,11 @@ from email.utils import format_datetime
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from digest.models import SourceRole
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from digest.models import Newsletter, Source, SourceRole
+from digest.subscriptions import subscribe_active
 
 SITE = "https://news.example.com"
 
@@ -225,3 +229,30 @@ def write_feeds(directory: Path, now: datetime) -> dict[SourceRole, Path]:
         path.write_text(rss_feed(role, now), encoding="utf-8")
         paths[role] = path
     return paths
+
+
+def register_sample_sources(session: Session, directory: Path, now: datetime) -> list[Source]:
+    """(Re)write the sample feeds and make sure each is a source; returns the sources."""
+    sources = []
+    for role, path in write_feeds(directory, now).items():
+        url = path.as_uri()
+        source = session.scalars(select(Source).where(Source.url == url)).first()
+        if source is None:
+            source = Source(url=url, kind="rss", role=role, name=f"Example News: {role.value}")
+            session.add(source)
+        sources.append(source)
+    session.commit()
+    return sources
+
+
+def demo_newsletter(session: Session, subscribers: int) -> Newsletter:
+    """The demo's newsletter with ``subscribers`` confirmed readers at example.org."""
+    newsletter = session.scalars(select(Newsletter).where(Newsletter.slug == "daily")).first()
+    if newsletter is None:
+        newsletter = Newsletter(slug="daily", name="Example News Daily")
+        session.add(newsletter)
+        session.flush()
+    for n in range(1, subscribers + 1):
+        subscribe_active(session, newsletter, f"reader{n:03d}@example.org", f"Reader {n}")
+    session.commit()
+    return newsletter

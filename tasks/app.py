@@ -38,6 +38,8 @@ app.conf.update(
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
     task_ignore_result=True,
+    # A named queue lets several installations (or test runs) share one broker.
+    task_default_queue=settings.queue,
     task_time_limit=TASK_TIME_LIMIT,
     task_soft_time_limit=TASK_TIME_LIMIT - 30,
     task_serializer="json",

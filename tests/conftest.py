@@ -1,0 +1,124 @@
+"""Shared fixtures: real services, an SMTP sink, a real Celery worker, a real web server.
+
+Services that the machine runs (PostgreSQL, Redis, RabbitMQ) are required in CI (CI=true): a
+missing one fails the test loudly. Elsewhere the test is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from aiosmtpd.controller import Controller
+from sqlalchemy import create_engine, text
+
+from digest.config import Settings, load_settings
+from digest.db import migrate
+from tests.support import SmtpSink, Worker, free_port, require_service, wait_until
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "DIGEST_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("DIGEST_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+RABBITMQ_URL = os.environ.get("DIGEST_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def env(data_dir: Path) -> dict[str, str]:
+    """DIGEST_* settings for this test, on the embedded defaults; tests override entries."""
+    return {
+        "DIGEST_DATA_DIR": str(data_dir),
+        "DIGEST_SECRET_KEYS": "test-key-" + uuid.uuid4().hex,
+        "DIGEST_QUEUE": "digest-test-" + uuid.uuid4().hex[:8],
+        "DIGEST_TICK_SECONDS": "2",
+        "DIGEST_BATCH_SIZE": "7",
+    }
+
+
+@pytest.fixture
+def sqlite_settings(env: dict[str, str]) -> Settings:
+    settings = load_settings(env)
+    migrate(settings.database_url)
+    return settings
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database, dropped afterwards."""
+    require_service("PostgreSQL", POSTGRES_ADMIN_URL, 5432)
+    name = "digest_test_" + uuid.uuid4().hex[:10]
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    try:
+        yield url
+    finally:
+        from digest.db import engine_for
+
+        engine_for(url).dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[SmtpSink]:
+    sink = SmtpSink(port=free_port())
+    controller = Controller(sink, hostname=sink.host, port=sink.port)
+    controller.start()
+    try:
+        yield sink
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Worker]]:
+    workers: list[Worker] = []
+
+    def start(env: dict[str, str]) -> Worker:
+        worker = Worker(env, tmp_path / f"worker-{len(workers)}.log")
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+@pytest.fixture
+def web_server() -> Iterator[Callable[[Settings], str]]:
+    """Serve the ASGI app with uvicorn on a free port; returns its base URL."""
+    servers: list[tuple[uvicorn.Server, threading.Thread]] = []
+
+    def start(settings: Settings) -> str:
+        from digest.web.app import create_app
+
+        port = free_port()
+        config = uvicorn.Config(
+            create_app(settings), host="127.0.0.1", port=port, log_level="warning"
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        wait_until(lambda: server.started, 10, "the web server to start")
+        servers.append((server, thread))
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(timeout=10)

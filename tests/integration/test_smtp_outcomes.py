@@ -1,0 +1,77 @@
+"""What each SMTP answer does to a delivery, against a real SMTP server."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from digest import sending
+from digest.config import Settings, load_settings
+from digest.db import migrate, session_factory
+from digest.editions import prepare_edition
+from digest.models import Delivery, DeliveryState, Newsletter, Subscriber, utcnow
+from tests.support import seed_sample_site
+
+
+def _states_by_email(sessions, edition_id: int) -> dict[str, Delivery]:
+    with sessions() as session:
+        rows = session.execute(
+            select(Subscriber.email, Delivery)
+            .join(Delivery, Delivery.subscriber_id == Subscriber.id)
+            .where(Delivery.edition_id == edition_id)
+        ).all()
+    return {email: delivery for email, delivery in rows}
+
+
+def test_4xx_defers_5xx_fails_and_a_drop_after_the_dot_is_unknown(env, smtp_sink) -> None:
+    env["DIGEST_SMTP_URL"] = smtp_sink.url
+    settings: Settings = load_settings(env)
+    migrate(settings.database_url)
+    sessions = session_factory(settings.database_url)
+    newsletter_id = seed_sample_site(settings, 5)
+    smtp_sink.replies["reader002@example.org"] = "451 4.7.1 Try again later"
+    smtp_sink.replies["reader003@example.org"] = "550 5.1.1 No such user"
+    smtp_sink.drop_after_data.add("reader004@example.org")
+    with sessions() as session:
+        now = utcnow()
+        newsletter = session.get_one(Newsletter, newsletter_id)
+        edition = prepare_edition(session, newsletter, now.date(), now)
+
+    while sending.send_batch(sessions, settings, edition.id):
+        pass
+
+    rows = _states_by_email(sessions, edition.id)
+    assert rows["reader001@example.org"].state == DeliveryState.SENT
+    assert rows["reader005@example.org"].state == DeliveryState.SENT  # the batch went on
+    deferred = rows["reader002@example.org"]
+    assert deferred.state == DeliveryState.DEFERRED
+    assert "451" in deferred.last_error and deferred.next_attempt_at > utcnow()
+    failed = rows["reader003@example.org"]
+    assert failed.state == DeliveryState.FAILED and "550" in failed.last_error
+    # The server had the whole message when the connection dropped: never resend it.
+    assert rows["reader004@example.org"].state == DeliveryState.UNKNOWN
+    assert "reader004@example.org" in smtp_sink.by_recipient()
+
+    # The deferred one goes out when its retry is due and the server accepts again.
+    smtp_sink.replies.clear()
+    with sessions() as session:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id == deferred.id)
+            .values(next_attempt_at=utcnow() - timedelta(seconds=1))
+        )
+        session.commit()
+        assert sending.reconcile(session, utcnow())["retried"] == 1
+    while sending.send_batch(sessions, settings, edition.id):
+        pass
+    rows = _states_by_email(sessions, edition.id)
+    assert rows["reader002@example.org"].state == DeliveryState.SENT
+    assert rows["reader002@example.org"].attempts == 2
+    received = smtp_sink.by_recipient()
+    assert {email: len(m) for email, m in received.items()} == {
+        "reader001@example.org": 1,
+        "reader002@example.org": 1,
+        "reader004@example.org": 1,
+        "reader005@example.org": 1,
+    }

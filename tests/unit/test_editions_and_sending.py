@@ -1,0 +1,167 @@
+"""Preparing and sending an edition on SQLite with the file outbox, without a broker."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select, update
+
+from digest import sending
+from digest.config import Settings
+from digest.db import session_factory
+from digest.editions import NothingToSend, prepare_edition
+from digest.models import (
+    Delivery,
+    DeliveryState,
+    Edition,
+    Link,
+    Newsletter,
+    SourceRole,
+    Story,
+    Subscriber,
+    SubscriberStatus,
+    Subscription,
+    utcnow,
+)
+from digest.sample_site import LISTS
+from tests.support import parse_message, seed_sample_site
+
+SUBSCRIBERS = 20
+
+
+@pytest.fixture
+def sessions(sqlite_settings: Settings):
+    return session_factory(sqlite_settings.database_url)
+
+
+@pytest.fixture
+def edition(sqlite_settings: Settings, sessions) -> Edition:
+    newsletter_id = seed_sample_site(sqlite_settings, SUBSCRIBERS)
+    with sessions() as session:
+        newsletter = session.get_one(Newsletter, newsletter_id)
+        now = utcnow()
+        return prepare_edition(session, newsletter, now.date(), now)
+
+
+def _states(sessions, edition_id: int) -> dict[DeliveryState, int]:
+    with sessions() as session:
+        return sending.delivery_counts(session, edition_id)
+
+
+def test_edition_freezes_must_reads_first_then_latest(edition: Edition, sessions) -> None:
+    blocks = edition.content["blocks"]
+    assert [b["key"] for b in blocks] == ["must_reads", "latest"]
+    must_read_titles = [i["title"] for i in blocks[0]["items"]]
+    assert must_read_titles == [s.title for s in LISTS[SourceRole.MUST_READ]]
+    latest = [i["title"] for i in blocks[1]["items"]]
+    assert latest[0] == LISTS[SourceRole.LATEST][0].title  # the newest story leads
+    assert not set(latest) & set(must_read_titles)
+    assert edition.subject.endswith(must_read_titles[0])
+    with sessions() as session:
+        links = {link.id: link for link in session.scalars(select(Link))}
+        stories = {story.id: story for story in session.scalars(select(Story))}
+    for item in (i for b in blocks for i in b["items"]):
+        link = links[item["link_id"]]
+        assert link.story_id == item["story_id"]
+        assert link.url.startswith(stories[item["story_id"]].canonical_url + "?")
+        assert "utm_medium=email" in link.url
+
+
+def test_one_delivery_per_active_subscriber_and_prepare_is_idempotent(
+    sqlite_settings: Settings, sessions
+) -> None:
+    newsletter_id = seed_sample_site(sqlite_settings, SUBSCRIBERS)
+    with sessions() as session:
+        session.execute(
+            update(Subscription).where(Subscription.subscriber_id == 1).values(active=False)
+        )
+        session.execute(
+            update(Subscriber)
+            .where(Subscriber.id == 2)
+            .values(status=SubscriberStatus.UNSUBSCRIBED)
+        )
+        session.commit()
+        newsletter = session.get_one(Newsletter, newsletter_id)
+        now = utcnow()
+        first = prepare_edition(session, newsletter, now.date(), now)
+        again = prepare_edition(session, newsletter, now.date(), now)
+        assert again.id == first.id
+        recipients = session.scalars(
+            select(Delivery.subscriber_id).where(Delivery.edition_id == first.id)
+        ).all()
+    assert sorted(recipients) == list(range(3, SUBSCRIBERS + 1))
+
+
+def test_nothing_to_send_writes_nothing(sessions, sqlite_settings: Settings) -> None:
+    with sessions() as session:
+        newsletter = Newsletter(slug="empty", name="Empty")
+        session.add(newsletter)
+        session.commit()
+        with pytest.raises(NothingToSend):
+            prepare_edition(session, newsletter, utcnow().date(), utcnow())
+        assert session.scalar(select(func.count()).select_from(Edition)) == 0
+
+
+def test_claims_never_overlap(edition: Edition, sessions) -> None:
+    with sessions() as session:
+        first = sending.claim_batch(session, edition.id, 7, utcnow())
+        second = sending.claim_batch(session, edition.id, 7, utcnow())
+        rest = sending.claim_batch(session, edition.id, 100, utcnow())
+    assert len(first) == len(second) == 7
+    assert len(rest) == SUBSCRIBERS - 14
+    assert not set(first) & set(second) and not set(rest) & (set(first) | set(second))
+
+
+def test_batches_send_every_delivery_once_to_the_outbox(
+    edition: Edition, sessions, sqlite_settings: Settings
+) -> None:
+    while sending.send_batch(sessions, sqlite_settings, edition.id):
+        pass
+    assert _states(sessions, edition.id)[DeliveryState.SENT] == SUBSCRIBERS
+    files = sorted((sqlite_settings.data_dir / "outbox").glob("*.eml"))
+    assert len(files) == SUBSCRIBERS
+    ids = {parse_message(f.read_bytes())["Message-ID"] for f in files}
+    assert len(ids) == SUBSCRIBERS
+
+
+def test_a_batch_that_breaks_gives_back_what_it_never_handed_over(
+    edition: Edition, sessions, sqlite_settings: Settings, monkeypatch
+) -> None:
+    calls = 0
+    real = sending.EditionMailer.message
+
+    def failing_third(self, recipient, now):
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise RuntimeError("template blew up")
+        return real(self, recipient, now)
+
+    monkeypatch.setattr(sending.EditionMailer, "message", failing_third)
+    with pytest.raises(RuntimeError):
+        sending.send_batch(sessions, sqlite_settings, edition.id)
+    states = _states(sessions, edition.id)
+    assert states[DeliveryState.SENT] == 2
+    assert states[DeliveryState.SENDING] == 0
+    assert states[DeliveryState.QUEUED] == SUBSCRIBERS - 2
+
+
+def test_reconcile_settles_expired_leases_and_due_retries(edition: Edition, sessions) -> None:
+    now = utcnow()
+    with sessions() as session:
+        claimed = sending.claim_batch(session, edition.id, 2, now - timedelta(hours=1))
+        deferred_id = claimed[1]
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id == deferred_id)
+            .values(state=DeliveryState.DEFERRED, next_attempt_at=now - timedelta(seconds=1))
+        )
+        session.execute(update(Edition).values(dispatched_at=now))
+        session.commit()
+        assert sending.reconcile(session, now) == {"expired": 1, "retried": 1}
+        assert session.get_one(Delivery, claimed[0]).state == DeliveryState.UNKNOWN
+        assert session.get_one(Delivery, deferred_id).state == DeliveryState.QUEUED
+        # The edition is due for dispatch again, so the retried row is picked up.
+        assert sending.editions_to_dispatch(session, now) == {edition.id: SUBSCRIBERS - 1}
+        assert sending.editions_to_dispatch(session, now) == {}
