@@ -7,6 +7,7 @@ and a ``file://`` outbox instead of a mail server, all inside ``DIGEST_DATA_DIR`
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 from collections.abc import Mapping
@@ -60,14 +61,17 @@ def _secret_keys(env: Mapping[str, str], data_dir: Path) -> tuple[str, ...]:
     return (key,)
 
 
-def _positive(env: Mapping[str, str], name: str, default: str) -> float:
-    raw = env.get(name, default)
+def _number(
+    env: Mapping[str, str], name: str, default: str, kind: type[float] | type[int]
+) -> float:
+    raw = env.get(name, default).strip()
     try:
-        value = float(raw)
+        value = kind(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if value <= 0:
-        raise ConfigError(f"{name}={raw!r} must be greater than zero")
+        noun = "whole number" if kind is int else "number"
+        raise ConfigError(f"{name}={raw!r} is not a {noun}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name}={raw!r} must be a finite number greater than zero")
     return value
 
 
@@ -87,6 +91,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         secret_keys=_secret_keys(env, data_dir),
         from_address=from_address,
         queue=env.get("DIGEST_QUEUE", "digest"),
-        batch_size=int(_positive(env, "DIGEST_BATCH_SIZE", "100")),
-        tick_seconds=_positive(env, "DIGEST_TICK_SECONDS", "15"),
+        batch_size=int(_number(env, "DIGEST_BATCH_SIZE", "100", int)),
+        tick_seconds=_number(env, "DIGEST_TICK_SECONDS", "15", float),
     )

@@ -7,11 +7,13 @@ completely before the first row is touched.
 from __future__ import annotations
 
 import calendar
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urljoin, urlsplit, urlunsplit
 
 import feedparser
@@ -70,11 +72,13 @@ def plain_text(value: str) -> str:
 
 def canonical_url(url: str) -> str:
     """One spelling per story: lower-case scheme and host, no default port, no fragment, no
-    tracking parameters."""
+    tracking parameters. Raises ValueError for a URL that cannot be a story's address."""
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()
-    port = parts.port
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 literal keeps its brackets
+    port = parts.port  # ValueError for a port out of range
     if port and (scheme, port) not in (("http", 80), ("https", 443)):
         host = f"{host}:{port}"
     query = urlencode(
@@ -94,30 +98,106 @@ def _published(entry: feedparser.FeedParserDict) -> datetime | None:
     return datetime.fromtimestamp(calendar.timegm(parsed), UTC)
 
 
-def parse_feed(data: bytes, base_url: str) -> list[FeedItem]:
-    """Parse RSS, Atom or JSON Feed bytes; raise IngestError when nothing usable is in them."""
-    if len(data) > MAX_FEED_BYTES:
-        raise IngestError(f"feed is {len(data)} bytes, over the {MAX_FEED_BYTES}-byte limit")
+def _feedparser_entries(data: bytes) -> list[dict[str, Any]]:
+    """RSS and Atom (and RDF): feedparser copes with wrong encodings and sloppy XML."""
     parsed = feedparser.parse(data)
     if not parsed.entries:
         reason = parsed.get("bozo_exception") or "no items found"
         raise IngestError(f"not a usable feed: {reason}")
-    items = []
-    for entry in parsed.entries:
-        link = entry.get("link")
-        title = plain_text(entry.get("title", ""))
-        if not link or not title:
+    return [
+        {
+            "url": entry.get("link"),
+            "guid": entry.get("id"),
+            "title": entry.get("title", ""),
+            "summary": entry.get("summary", ""),
+            "section": (entry.get("tags") or [{}])[0].get("term") or "",
+            "author": entry.get("author", ""),
+            "published_at": _published(entry),
+        }
+        for entry in parsed.entries
+    ]
+
+
+def _json_date(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _json_feed_entries(data: bytes) -> list[dict[str, Any]]:
+    """JSON Feed 1.0 and 1.1 (https://jsonfeed.org/version/1.1), which feedparser does not read."""
+    try:
+        document = json.loads(data)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise IngestError(f"not a usable JSON Feed: {exc}") from exc
+    if not isinstance(document, dict) or not str(document.get("version", "")).startswith(
+        "https://jsonfeed.org/version/"
+    ):
+        raise IngestError("not a usable feed: JSON without a JSON Feed version")
+    items = document.get("items")
+    if not isinstance(items, list) or not items:
+        raise IngestError("not a usable feed: no items found")
+    entries = []
+    for item in items:
+        if not isinstance(item, dict):
             continue
-        tags = entry.get("tags") or []
+        tags = item.get("tags")
+        authors = item.get("authors") or [item.get("author") or {}]
+        author = authors[0] if isinstance(authors, list) and authors else {}
+        entries.append(
+            {
+                "url": item.get("url") or item.get("external_url"),
+                "guid": item.get("id"),
+                "title": item.get("title") or "",
+                "summary": item.get("summary") or item.get("content_text") or "",
+                "section": tags[0] if isinstance(tags, list) and tags else "",
+                "author": author.get("name", "") if isinstance(author, dict) else "",
+                "published_at": _json_date(item.get("date_published"))
+                or _json_date(item.get("date_modified")),
+            }
+        )
+    return entries
+
+
+def _text(value: object, limit: int) -> str:
+    return plain_text(value)[:limit] if isinstance(value, str) else ""
+
+
+def parse_feed(data: bytes, base_url: str) -> list[FeedItem]:
+    """Parse RSS, Atom or JSON Feed bytes; raise IngestError when nothing usable is in them.
+
+    Items without a link or a title, or whose link cannot be a story's address, are skipped.
+    """
+    if len(data) > MAX_FEED_BYTES:
+        raise IngestError(f"feed is {len(data)} bytes, over the {MAX_FEED_BYTES}-byte limit")
+    is_json = data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{")
+    entries = _json_feed_entries(data) if is_json else _feedparser_entries(data)
+    items = []
+    for entry in entries:
+        title = _text(entry["title"], 500)
+        link = entry["url"]
+        if not title or not isinstance(link, str) or not link.strip():
+            continue
+        try:
+            url = canonical_url(urljoin(base_url, link))
+        except ValueError:
+            continue
+        if urlsplit(url).scheme not in ("http", "https"):
+            continue
+        guid = entry["guid"]
         items.append(
             FeedItem(
-                url=canonical_url(urljoin(base_url, link)),
-                guid=entry.get("id") or None,
-                title=title[:500],
-                summary=plain_text(entry.get("summary", "")),
-                section=(tags[0].get("term") or "").strip().upper()[:100] if tags else "",
-                author=plain_text(entry.get("author", ""))[:200],
-                published_at=_published(entry),
+                url=url,
+                guid=str(guid)[:2048] if guid else None,
+                title=title,
+                summary=_text(entry["summary"], 5000),
+                section=_text(entry["section"], 100).upper(),
+                author=_text(entry["author"], 200),
+                published_at=entry["published_at"],
             )
         )
     if not items:

@@ -2,14 +2,16 @@
 
 The MIME is assembled by hand: the standard library's EmailMessage costs ~4 ms per message, the
 most expensive step of a send, while a multipart/alternative with quoted-printable parts is a
-few string joins. Lines end in CRLF and no line exceeds 76 characters, so strict SMTP servers
-accept it as is.
+few string joins. Lines end in CRLF and stay within 78 characters (a header value that cannot
+be folded, such as a long URL, sits alone on a continuation line), so strict SMTP servers accept
+it as is.
 """
 
 from __future__ import annotations
 
 import binascii
 import os
+import re
 import secrets
 import smtplib
 import ssl
@@ -24,6 +26,7 @@ from typing import Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 SMTP_TIMEOUT = 30.0
+MAX_LINE = 78
 _HEADER_JUNK = str.maketrans("", "", "\r\n\0")
 
 
@@ -54,11 +57,22 @@ def clean_header(value: str) -> str:
     return value.translate(_HEADER_JUNK)
 
 
-def _encoded(value: str) -> str:
+def _header(name: str, value: str) -> str:
+    """One header, folded to 78 characters where the value allows it (RFC 5322 2.1.1).
+
+    Non-ASCII values become RFC 2047 encoded words, which fold anywhere. ASCII values fold at
+    spaces; a single word too long for the first line (a URL) moves to a continuation line of
+    its own, which stays far below the 998-character hard limit.
+    """
     value = clean_header(value)
-    if value.isascii():
-        return value
-    return Header(value, "utf-8").encode(linesep="\r\n")
+    if not value.isascii():
+        return f"{name}: " + Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
+    lines = [f"{name}:"]
+    for word in value.split(" "):
+        if len(lines[-1]) + 1 + len(word) > MAX_LINE and lines[-1].strip():
+            lines.append("")
+        lines[-1] += " " + word
+    return "\r\n".join(lines)
 
 
 def _address(value: str) -> str:
@@ -67,7 +81,8 @@ def _address(value: str) -> str:
 
 
 def _qp(body: str) -> str:
-    crlf = "\r\n".join(body.splitlines()) + "\r\n"
+    # Only CR, LF and CRLF end a line; str.splitlines() would also split on U+2028 and friends.
+    crlf = "\r\n".join(re.split(r"\r\n|\r|\n", body.rstrip("\r\n"))) + "\r\n"
     return binascii.b2a_qp(crlf.encode("utf-8"), quotetabs=False, istext=True).decode("ascii")
 
 
@@ -86,14 +101,14 @@ def compose(
     can display)."""
     boundary = "=_" + secrets.token_hex(16)
     lines = [
-        f"From: {_address(sender)}",
-        f"To: {_address(recipient)}",
-        f"Subject: {_encoded(subject)}",
-        f"Date: {format_datetime(date)}",
-        f"Message-ID: {clean_header(message_id)}",
-        *(f"{clean_header(name)}: {_encoded(value)}" for name, value in headers),
+        _header("From", _address(sender)),
+        _header("To", _address(recipient)),
+        _header("Subject", subject),
+        _header("Date", format_datetime(date)),
+        _header("Message-ID", message_id),
+        *(_header(clean_header(name), value) for name, value in headers),
         "MIME-Version: 1.0",
-        f'Content-Type: multipart/alternative; boundary="{boundary}"',
+        f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"',
         "",
     ]
     for subtype, body in (("plain", text), ("html", html)):

@@ -14,6 +14,11 @@ OPEN = "open-v1"
 UNSUBSCRIBE = "unsubscribe-v1"
 
 
+def _is_id(value: object) -> bool:
+    # bool is an int subclass: JSON true must not pass for row 1.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 class TokenSigner:
     def __init__(self, secret_keys: tuple[str, ...]) -> None:
         keys = list(reversed(secret_keys))
@@ -30,7 +35,7 @@ class TokenSigner:
             link_id, delivery_id = self._click.loads(token)
         except (BadSignature, ValueError, TypeError):
             return None
-        if not isinstance(link_id, int) or not isinstance(delivery_id, int | None):
+        if not _is_id(link_id) or not (delivery_id is None or _is_id(delivery_id)):
             return None
         return link_id, delivery_id
 
@@ -42,7 +47,7 @@ class TokenSigner:
             delivery_id = self._open.loads(token)
         except BadSignature:
             return None
-        return delivery_id if isinstance(delivery_id, int) else None
+        return delivery_id if _is_id(delivery_id) else None
 
     def unsubscribe_token(self, subscriber_id: int, newsletter_id: int) -> str:
         return self._unsubscribe.dumps([subscriber_id, newsletter_id])
@@ -53,6 +58,6 @@ class TokenSigner:
             subscriber_id, newsletter_id = self._unsubscribe.loads(token)
         except (BadSignature, ValueError, TypeError):
             return None
-        if not isinstance(subscriber_id, int) or not isinstance(newsletter_id, int):
+        if not _is_id(subscriber_id) or not _is_id(newsletter_id):
             return None
         return subscriber_id, newsletter_id

@@ -1,0 +1,146 @@
+"""Rendering a frozen edition: order, escaping in HTML only, links and the open pixel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from markupsafe import escape
+
+from digest.render import RenderedMessage, render_edition
+
+HOSTILE = "<img src=x onerror=alert(1)>"
+PIXEL = "https://news.example.com/o/WzFd.sig"
+
+
+def _item(story_id: int, title: str, section: str = "WORLD", summary: str = "") -> dict[str, Any]:
+    # Link ids differ from story ids, as they do in a real edition.
+    return {
+        "story_id": story_id,
+        "link_id": 100 + story_id,
+        "title": title,
+        "section": section,
+        "summary": summary,
+    }
+
+
+# Shaped like digest/editions.py freezes it.
+CONTENT = {
+    "blocks": [
+        {
+            "key": "must_read",
+            "title": "Must-Reads",
+            "items": [
+                _item(1, "Kim Jong Un’s Achievements in 2024", "ASIA", "What Pyongyang counts."),
+                _item(2, HOSTILE, "DEBATE", f"Summary with {HOSTILE} in it."),
+            ],
+        },
+        {
+            "key": "latest",
+            "title": "Latest Stories",
+            "items": [
+                _item(3, "North Korea’s Dangerous New Role in Russia’s War", "ASIA"),
+                _item(4, "Tom & Jerry’s “quoted” headline", ""),
+            ],
+        },
+    ]
+}
+ITEMS = [item for block in CONTENT["blocks"] for item in block["items"]]
+
+
+def href(link_id: int) -> str:
+    return f"https://news.example.com/c/{link_id}?d=7&k=tok"
+
+
+def render(
+    open_pixel_url: str | None = PIXEL, content: dict[str, Any] = CONTENT
+) -> RenderedMessage:
+    return render_edition(
+        "Example News Daily",
+        "Example News Daily: Kim Jong Un’s Achievements",
+        "North Korea’s Dangerous New Role · Tom & Jerry",
+        content,
+        href,
+        open_pixel_url,
+    )
+
+
+def _in_order(document: str, needles: list[str]) -> bool:
+    positions = [document.find(n) for n in needles]
+    return -1 not in positions and positions == sorted(positions)
+
+
+@pytest.fixture(scope="module")
+def rendered() -> RenderedMessage:
+    return render()
+
+
+def test_blocks_and_items_keep_their_order(rendered):
+    text_order = [
+        "MUST-READS",
+        ITEMS[0]["title"],
+        ITEMS[1]["title"],
+        "LATEST STORIES",
+        ITEMS[2]["title"],
+        ITEMS[3]["title"],
+    ]
+    html_order = [
+        "Must-Reads",
+        str(escape(ITEMS[0]["title"])),
+        str(escape(ITEMS[1]["title"])),
+        "Latest Stories",
+        str(escape(ITEMS[2]["title"])),
+        str(escape(ITEMS[3]["title"])),
+    ]
+
+    assert _in_order(rendered.text, text_order)
+    assert _in_order(rendered.html, html_order)
+
+
+def test_reversed_blocks_render_reversed():
+    content = {"blocks": list(reversed(CONTENT["blocks"]))}
+
+    result = render(content=content)
+
+    assert _in_order(result.text, ["LATEST STORIES", "MUST-READS"])
+    assert _in_order(result.html, ["Latest Stories", "Must-Reads"])
+
+
+def test_html_escapes_hostile_markup(rendered):
+    assert "<img src=x" not in rendered.html
+    assert "onerror=alert(1)>" not in rendered.html
+    assert str(escape(HOSTILE)) in rendered.html
+    assert "Tom &amp; Jerry’s" in rendered.html
+
+
+def test_text_shows_hostile_markup_literally(rendered):
+    assert f"[DEBATE] {HOSTILE}" in rendered.text
+    assert f"Summary with {HOSTILE} in it." in rendered.text
+    assert "Tom & Jerry’s “quoted” headline" in rendered.text
+    assert "&lt;" not in rendered.text
+    assert "&amp;" not in rendered.text
+
+
+@pytest.mark.parametrize("item", ITEMS, ids=[str(i["link_id"]) for i in ITEMS])
+def test_each_link_appears_in_both_parts(rendered, item):
+    url = href(item["link_id"])
+
+    assert f'href="{escape(url)}"' in rendered.html
+    assert f"\n{url}\n" in rendered.text
+
+
+def test_open_pixel_only_when_given(rendered):
+    assert f'<img src="{PIXEL}"' in rendered.html
+    assert PIXEL not in rendered.text
+
+    without = render(open_pixel_url=None)
+    assert "<img" not in without.html
+
+
+def test_preheader_is_in_the_html(rendered):
+    assert "North Korea’s Dangerous New Role · Tom &amp; Jerry" in rendered.html
+
+
+def test_subject_is_passed_through(rendered):
+    assert rendered.subject == "Example News Daily: Kim Jong Un’s Achievements"
+    assert "<title>Example News Daily: Kim Jong Un’s Achievements</title>" in rendered.html
