@@ -2,27 +2,33 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from email import policy
 from email.parser import BytesParser
 from pathlib import Path
 
 import click
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from digest.config import ConfigError, Settings, load_settings
 from digest.db import migrate, session_factory
 from digest.editions import NothingToSend, prepare_edition
+from digest.feeds import canonical_url
+from digest.fetch import Fetcher
 from digest.ingest import IngestError, ingest_source
 from digest.models import (
     FINAL_DELIVERY_STATES,
     DeliveryState,
     Edition,
+    Source,
+    SourceRole,
     Story,
     utcnow,
 )
@@ -39,7 +45,7 @@ def _settings() -> Settings:
         raise click.ClickException(str(exc)) from exc
 
 
-def _celery(settings: Settings, *args: str) -> list[str]:
+def _celery(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "tasks.app", *args]
 
 
@@ -80,7 +86,7 @@ def worker(concurrency: int, beat: bool, loglevel: str) -> None:
     args = ["worker", "--concurrency", str(concurrency), "--loglevel", loglevel]
     if beat:
         args += ["--beat", "--schedule", str(settings.data_dir / "celerybeat-schedule")]
-    os.execv(sys.executable, _celery(settings, *args))
+    os.execv(sys.executable, _celery(*args))
 
 
 @main.command()
@@ -89,9 +95,7 @@ def beat(loglevel: str) -> None:
     """Run the scheduler. Run exactly one."""
     settings = _settings()
     schedule = str(settings.data_dir / "celerybeat-schedule")
-    os.execv(
-        sys.executable, _celery(settings, "beat", "--schedule", schedule, "--loglevel", loglevel)
-    )
+    os.execv(sys.executable, _celery("beat", "--schedule", schedule, "--loglevel", loglevel))
 
 
 def _run_worker_until_sent(settings: Settings, session: Session, edition: Edition) -> None:
@@ -101,7 +105,7 @@ def _run_worker_until_sent(settings: Settings, session: Session, edition: Editio
     total = sum(delivery_counts(session, edition.id).values())
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            _celery(settings, "worker", "--concurrency", "2", "--loglevel", "INFO"),
+            _celery("worker", "--concurrency", "2", "--loglevel", "INFO"),
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -142,12 +146,8 @@ def demo(subscribers: int) -> None:
     migrate(settings.database_url)
     with session_factory(settings.database_url)() as session:
         sources = register_sample_sources(session, settings.data_dir / "sample-site", utcnow())
-        with click.progressbar(sources, label="Ingesting the sample site's feeds") as bar:
-            for source in bar:
-                try:
-                    ingest_source(session, source)
-                except IngestError as exc:
-                    raise click.ClickException(f"{source.url}: {exc}") from exc
+        if _ingest_all(session, settings, sources, "Ingesting the sample site's feeds"):
+            raise click.ClickException("the sample site could not be ingested (see above)")
         newsletter = demo_newsletter(session, subscribers)
         now = utcnow()
         try:
@@ -187,3 +187,192 @@ def _summary(
             click.echo("Start the web app:  .venv/bin/digest web")
             if link:
                 click.echo(f"Then follow a tracked link:  {link}")
+
+
+def _ingest_all(session: Session, settings: Settings, sources: list[Source], label: str) -> int:
+    """Ingest each source in turn, whatever the others do; returns how many failed."""
+    failures: list[str] = []
+    with (
+        Fetcher.from_settings(settings) as fetcher,
+        click.progressbar(
+            sources, label=label, item_show_func=lambda s: s.url if s else None
+        ) as bar,
+    ):
+        for source in bar:
+            try:
+                ingest_source(session, source, fetcher)
+            except IngestError as exc:
+                failures.append(f"source {source.id} ({source.url}): {exc}")
+    for failure in failures:
+        click.echo(f"failed: {failure}", err=True)
+    return len(failures)
+
+
+def _session(settings: Settings) -> Session:
+    migrate(settings.database_url)
+    return session_factory(settings.database_url)()
+
+
+@main.group()
+def sources() -> None:
+    """The feeds and pages stories come from."""
+
+
+@sources.command("add")
+@click.argument("url")
+@click.option(
+    "--kind",
+    type=click.Choice(["rss", "atom", "json", "html"]),
+    default="rss",
+    show_default=True,
+    help="Feeds (rss, atom, json) are told apart by their content; html reads story lists.",
+)
+@click.option(
+    "--role",
+    type=click.Choice([r.value for r in SourceRole]),
+    default=SourceRole.LATEST.value,
+    show_default=True,
+    help="For a feed: which list of the site it is.",
+)
+@click.option("--name", default="", help="A label for listings.")
+@click.option(
+    "--interval",
+    default=900,
+    show_default=True,
+    type=click.IntRange(60, 86_400),
+    help="Seconds between fetches.",
+)
+@click.option(
+    "--selectors",
+    default=None,
+    help='HTML only, as JSON: {"lists": {"must_read": "CSS"}, "item": "li", ...}',
+)
+def sources_add(
+    url: str, kind: str, role: str, name: str, interval: int, selectors: str | None
+) -> None:
+    """Add a source; it is fetched at the next beat tick or `digest ingest`."""
+    try:
+        canonical = canonical_url(url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="URL") from exc
+    if not canonical.startswith(("http://", "https://")) and not url.startswith("file://"):
+        raise click.BadParameter("use an http(s):// URL (or file:// inside the data directory)")
+    try:
+        parsed_selectors = json.loads(selectors) if selectors else None
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--selectors") from exc
+    with _session(_settings()) as session:
+        stored_url = url if url.startswith("file://") else canonical
+        if session.scalar(select(Source.id).where(Source.url == stored_url)) is not None:
+            raise click.ClickException(f"{stored_url} is a source already")
+        source = Source(
+            url=stored_url,
+            kind=kind,
+            role=SourceRole(role),
+            name=name,
+            interval_seconds=interval,
+            selectors=parsed_selectors,
+        )
+        session.add(source)
+        session.commit()
+        click.echo(f"added source {source.id}: {stored_url}")
+
+
+@sources.command("list")
+def sources_list() -> None:
+    """Every source with its state."""
+    with _session(_settings()) as session:
+        rows = session.scalars(select(Source).order_by(Source.id)).all()
+        if not rows:
+            click.echo("no sources yet: add one with `digest sources add URL`")
+        for source in rows:
+            state = (
+                f"{source.error_count} failures: {source.last_error}"
+                if source.error_count
+                else "ok"
+            )
+            seen = f"{source.last_success_at:%Y-%m-%d %H:%M}" if source.last_success_at else "never"
+            click.echo(
+                f"{source.id:>4}  {source.kind:<5} {source.role.value:<9} {source.url}\n"
+                f"      last success {seen}; {state}"
+            )
+
+
+@sources.command("remove")
+@click.argument("source_id", type=int)
+def sources_remove(source_id: int) -> None:
+    """Stop fetching a source. Its stories stay."""
+    with _session(_settings()) as session:
+        removed = session.execute(delete(Source).where(Source.id == source_id)).rowcount
+        session.commit()
+    if not removed:
+        raise click.ClickException(f"there is no source {source_id}")
+    click.echo(f"removed source {source_id}; its stories are kept")
+
+
+@main.command()
+@click.option("--source", "source_id", type=int, default=None, help="Only this source.")
+def ingest(source_id: int | None) -> None:
+    """Fetch sources now (all of them, or one), whatever their schedule."""
+    settings = _settings()
+    with _session(settings) as session:
+        query = select(Source).order_by(Source.id)
+        if source_id is not None:
+            query = query.where(Source.id == source_id)
+        chosen = list(session.scalars(query))
+        if not chosen:
+            raise click.ClickException("no such source" if source_id else "no sources yet")
+        failed = _ingest_all(session, settings, chosen, "Ingesting")
+        stories = session.scalar(select(func.count()).select_from(Story))
+    click.echo(
+        f"{len(chosen) - failed} of {len(chosen)} sources ingested; {stories} stories stored"
+    )
+    if failed:
+        raise SystemExit(1)
+
+
+@main.group()
+def stories() -> None:
+    """Editorial signals on stored stories."""
+
+
+def _story(session: Session, url: str) -> Story:
+    try:
+        canonical = canonical_url(url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="URL") from exc
+    story = session.scalars(select(Story).where(Story.canonical_url == canonical)).first()
+    if story is None:
+        raise click.ClickException(f"no stored story has the URL {canonical}; ingest it first")
+    return story
+
+
+@stories.command("pin")
+@click.argument("url")
+@click.option(
+    "--until",
+    required=True,
+    type=click.DateTime(),
+    help="UTC date or time, e.g. 2026-12-01 or 2026-12-01T18:00:00",
+)
+def stories_pin(url: str, until: datetime) -> None:
+    """Make a story a must-read until the given time."""
+    until = until.replace(tzinfo=UTC)
+    if until <= utcnow():
+        raise click.BadParameter("must be in the future", param_hint="--until")
+    with _session(_settings()) as session:
+        story = _story(session, url)
+        story.pinned_until = until
+        session.commit()
+        click.echo(f"pinned until {until:%Y-%m-%d %H:%M} UTC: {story.title}")
+
+
+@stories.command("unpin")
+@click.argument("url")
+def stories_unpin(url: str) -> None:
+    """Remove an editor's must-read pin."""
+    with _session(_settings()) as session:
+        story = _story(session, url)
+        story.pinned_until = None
+        session.commit()
+        click.echo(f"unpinned: {story.title}")

@@ -32,6 +32,7 @@ class Settings:
     secret_keys: tuple[str, ...]
     from_address: str
     queue: str
+    fetch_allowlist: str
     batch_size: int
     tick_seconds: float
 
@@ -91,6 +92,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         secret_keys=_secret_keys(env, data_dir),
         from_address=from_address,
         queue=env.get("DIGEST_QUEUE", "digest"),
+        fetch_allowlist=env.get("DIGEST_FETCH_ALLOWLIST", ""),
         batch_size=int(_number(env, "DIGEST_BATCH_SIZE", "100", int)),
         tick_seconds=_number(env, "DIGEST_TICK_SECONDS", "15", float),
     )

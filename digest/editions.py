@@ -78,8 +78,19 @@ def prepare_edition(
         preheader=" · ".join(s.title for s in stories[1:4])[:500],
         content={},
     )
-    session.add(edition)
-    session.flush()
+    # A concurrent tick may insert the same (newsletter, day) first: on PostgreSQL this flush
+    # then waits for its commit and fails on the unique index. The savepoint keeps the session
+    # usable so the winner's edition can be returned.
+    try:
+        with session.begin_nested():
+            session.add(edition)
+            session.flush()
+    except IntegrityError:
+        session.rollback()
+        raced = _find(session, newsletter.id, issue_date)
+        if raced is None:
+            raise
+        return raced
 
     campaign = f"{newsletter.slug}-{issue_date:%Y-%m-%d}"
     links = {
@@ -134,14 +145,7 @@ def prepare_edition(
             ["edition_id", "subscriber_id", "state", "attempts", "created_at"], audience
         )
     )
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        raced = _find(session, newsletter.id, issue_date)
-        if raced is None:
-            raise
-        return raced
+    session.commit()
     return edition
 
 

@@ -1,273 +1,309 @@
-"""Story ingestion: a source's feed in, one story row per canonical URL out.
+"""Ingesting a source: fetch, parse, enrich, store — one story row per canonical URL.
 
-A fetch or parse failure is recorded on the source and changes no story: the feed is parsed
-completely before the first row is touched.
+Order matters for the "nothing already stored is lost" rule: everything that can fail on bad
+input (the fetch, the parse, the story pages) happens before the first write, and the writes
+happen in one transaction. A failure is recorded on the source (error, count, backoff) and
+changes no story.
 """
 
 from __future__ import annotations
 
-import calendar
-import json
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from html.parser import HTMLParser
-from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urljoin, urlsplit, urlunsplit
+import logging
+import random
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from urllib.parse import urljoin, urlsplit
 
-import feedparser
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from digest.models import Source, SourceRole, Story, utcnow
+from digest.feeds import FeedItem, IngestError, canonical_url, parse_feed, plain_text
+from digest.fetch import Fetcher, FetchError
+from digest.html_lists import Selectors, page_metadata, parse_lists
+from digest.models import Listing, Source, SourceRole, Story, StoryRevision, utcnow
 
-MAX_FEED_BYTES = 10 * 1024 * 1024
+log = logging.getLogger(__name__)
 
-# Query parameters that identify a campaign or a click, never the story.
-_TRACKING_PARAMS = {"fbclid", "gclid", "dclid", "msclkid", "mc_cid", "mc_eid", "igshid", "ref"}
+# Story pages fetched per run to fill in what a list or feed lacks; the rest wait a run.
+ENRICH_LIMIT = 30
+MAX_BACKOFF = timedelta(hours=6)
+# A claimed source is not handed out again for this long, even if its task is lost.
+CLAIM_LEASE = timedelta(minutes=10)
+_CHUNK = 500
 
-
-class IngestError(Exception):
-    """The source could not be read or parsed; the message is recorded on the source."""
+__all__ = ["IngestError", "IngestResult", "claim_due_sources", "ingest_source"]
 
 
 @dataclass(frozen=True)
-class FeedItem:
-    url: str
-    guid: str | None
-    title: str
-    summary: str
-    section: str
-    author: str
-    published_at: datetime | None
+class Listed:
+    """An item as the source lists it: which list, and its place on it."""
+
+    item: FeedItem
+    role: SourceRole
+    rank: int
 
 
-class _TextExtractor(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self._skip = 0
-
-    def handle_starttag(self, tag: str, attrs: object) -> None:
-        if tag in ("script", "style"):
-            self._skip += 1
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in ("script", "style") and self._skip:
-            self._skip -= 1
-
-    def handle_data(self, data: str) -> None:
-        if not self._skip:
-            self.parts.append(data)
+@dataclass(frozen=True)
+class IngestResult:
+    listed: int = 0
+    new: int = 0
+    updated: int = 0
+    not_modified: bool = False
 
 
-def plain_text(value: str) -> str:
-    """Feed titles and summaries may carry markup or script: keep only the words."""
-    extractor = _TextExtractor()
-    extractor.feed(value)
-    extractor.close()
-    return " ".join("".join(extractor.parts).split())
+def _looks_like_html(body: bytes) -> bool:
+    head = body[:1024].lstrip().lower()
+    return head.startswith((b"<!doctype html", b"<html")) or b"<body" in head
 
 
-def canonical_url(url: str) -> str:
-    """One spelling per story: lower-case scheme and host, no default port, no fragment, no
-    tracking parameters. Raises ValueError for a URL that cannot be a story's address."""
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").lower()
-    if ":" in host:
-        host = f"[{host}]"  # an IPv6 literal keeps its brackets
-    port = parts.port  # ValueError for a port out of range
-    if port and (scheme, port) not in (("http", 80), ("https", 443)):
-        host = f"{host}:{port}"
-    query = urlencode(
-        [
-            (k, v)
-            for k, v in parse_qsl(parts.query, keep_blank_values=True)
-            if not k.lower().startswith("utm_") and k.lower() not in _TRACKING_PARAMS
-        ]
-    )
-    return urlunsplit((scheme, host, parts.path or "/", query, ""))
-
-
-def _published(entry: feedparser.FeedParserDict) -> datetime | None:
-    parsed = entry.get("published_parsed") or entry.get("updated_parsed")
-    if not parsed:
-        return None
-    return datetime.fromtimestamp(calendar.timegm(parsed), UTC)
-
-
-def _feedparser_entries(data: bytes) -> list[dict[str, Any]]:
-    """RSS and Atom (and RDF): feedparser copes with wrong encodings and sloppy XML."""
-    parsed = feedparser.parse(data)
-    if not parsed.entries:
-        reason = parsed.get("bozo_exception") or "no items found"
-        raise IngestError(f"not a usable feed: {reason}")
-    return [
-        {
-            "url": entry.get("link"),
-            "guid": entry.get("id"),
-            "title": entry.get("title", ""),
-            "summary": entry.get("summary", ""),
-            "section": (entry.get("tags") or [{}])[0].get("term") or "",
-            "author": entry.get("author", ""),
-            "published_at": _published(entry),
-        }
-        for entry in parsed.entries
-    ]
-
-
-def _json_date(value: object) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def _json_feed_entries(data: bytes) -> list[dict[str, Any]]:
-    """JSON Feed 1.0 and 1.1 (https://jsonfeed.org/version/1.1), which feedparser does not read."""
-    try:
-        document = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise IngestError(f"not a usable JSON Feed: {exc}") from exc
-    if not isinstance(document, dict) or not str(document.get("version", "")).startswith(
-        "https://jsonfeed.org/version/"
-    ):
-        raise IngestError("not a usable feed: JSON without a JSON Feed version")
-    items = document.get("items")
-    if not isinstance(items, list) or not items:
-        raise IngestError("not a usable feed: no items found")
-    entries = []
-    for item in items:
-        if not isinstance(item, dict):
-            continue
-        tags = item.get("tags")
-        authors = item.get("authors") or [item.get("author") or {}]
-        author = authors[0] if isinstance(authors, list) and authors else {}
-        entries.append(
-            {
-                "url": item.get("url") or item.get("external_url"),
-                "guid": item.get("id"),
-                "title": item.get("title") or "",
-                "summary": item.get("summary") or item.get("content_text") or "",
-                "section": tags[0] if isinstance(tags, list) and tags else "",
-                "author": author.get("name", "") if isinstance(author, dict) else "",
-                "published_at": _json_date(item.get("date_published"))
-                or _json_date(item.get("date_modified")),
-            }
-        )
-    return entries
-
-
-def _text(value: object, limit: int) -> str:
-    return plain_text(value)[:limit] if isinstance(value, str) else ""
-
-
-def parse_feed(data: bytes, base_url: str) -> list[FeedItem]:
-    """Parse RSS, Atom or JSON Feed bytes; raise IngestError when nothing usable is in them.
-
-    Items without a link or a title, or whose link cannot be a story's address, are skipped.
-    """
-    if len(data) > MAX_FEED_BYTES:
-        raise IngestError(f"feed is {len(data)} bytes, over the {MAX_FEED_BYTES}-byte limit")
-    is_json = data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{")
-    entries = _json_feed_entries(data) if is_json else _feedparser_entries(data)
-    items = []
-    for entry in entries:
-        title = _text(entry["title"], 500)
-        link = entry["url"]
-        if not title or not isinstance(link, str) or not link.strip():
-            continue
-        try:
-            url = canonical_url(urljoin(base_url, link))
-        except ValueError:
-            continue
-        if urlsplit(url).scheme not in ("http", "https"):
-            continue
-        guid = entry["guid"]
-        items.append(
-            FeedItem(
-                url=url,
-                guid=str(guid)[:2048] if guid else None,
-                title=title,
-                summary=_text(entry["summary"], 5000),
-                section=_text(entry["section"], 100).upper(),
-                author=_text(entry["author"], 200),
-                published_at=entry["published_at"],
+def parse_document(source: Source, body: bytes, url: str) -> list[Listed]:
+    """The source's items with their lists and ranks; IngestError when there are none."""
+    if source.kind == "html":
+        listed = []
+        for link in parse_lists(body, Selectors.from_config(source.selectors)):
+            try:
+                story_url = canonical_url(urljoin(url, link.href))
+            except ValueError:
+                continue
+            title = plain_text(link.title)[:500]
+            if urlsplit(story_url).scheme not in ("http", "https") or not title:
+                continue
+            item = FeedItem(story_url, None, title, "", link.section.upper()[:100], "", None)
+            listed.append(Listed(item, link.role, link.rank))
+        if not listed:
+            raise IngestError(
+                "no story lists found on the page (looked for headings such as 'Latest Stories',"
+                " 'Must-Reads', 'Popular Now'); set the source's selectors if its markup differs"
             )
-        )
-    if not items:
-        raise IngestError("the feed has items but none with both a link and a title")
-    return items
-
-
-def read_source(url: str) -> bytes:
-    """Read a source's document. Local files only for now: network fetching lands together
-    with its SSRF guard, conditional GET and size caps."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("", "file"):
-        raise IngestError(f"{url}: only local feed files (file://) can be read yet")
-    path = Path(unquote(parts.path))
+        return listed
     try:
-        with path.open("rb") as f:
-            return f.read(MAX_FEED_BYTES + 1)
-    except OSError as exc:
-        raise IngestError(f"cannot read {path}: {exc.strerror}") from exc
-
-
-def _upsert(session: Session, source: Source, item: FeedItem, now: datetime) -> Story:
-    conditions = [Story.canonical_url == item.url]
-    if item.guid:
-        conditions.append(Story.guid == item.guid)
-    story = session.scalars(select(Story).where(or_(*conditions)).limit(1)).first()
-    if story is None:
-        story = Story(
-            canonical_url=item.url,
-            guid=item.guid,
-            source_id=source.id,
-            published_at=item.published_at or now,
-        )
-        session.add(story)
-    story.title = item.title
-    story.summary = item.summary or story.summary
-    story.section = item.section or story.section
-    story.author = item.author or story.author
-    return story
-
-
-def ingest_source(
-    session: Session, source: Source, read: Callable[[str], bytes] = read_source
-) -> int:
-    """Fetch and store one source's items; returns how many stories it listed.
-
-    A failure is recorded on the source (and committed) and re-raised; stories are untouched.
-    """
-    now = utcnow()
-    try:
-        items = parse_feed(read(source.url), source.url)
+        items = parse_feed(body, url)
     except IngestError as exc:
-        source.last_error = str(exc)
-        source.error_count += 1
-        source.last_fetched_at = now
-        session.commit()
+        if _looks_like_html(body):
+            raise IngestError(
+                f"{exc}; this is an HTML page, not a feed: add it with --kind html if it shows "
+                "story lists"
+            ) from exc
         raise
-    stories = [_upsert(session, source, item, now) for item in items]
+    return [Listed(item, source.role, rank) for rank, item in enumerate(items, start=1)]
+
+
+def _needs_page(item: FeedItem) -> bool:
+    return not item.summary or item.published_at is None
+
+
+def _same_site(a: str, b: str) -> bool:
+    host_a, host_b = urlsplit(a).hostname or "", urlsplit(b).hostname or ""
+    return host_a.removeprefix("www.") == host_b.removeprefix("www.")
+
+
+def _from_page(item: FeedItem, fetcher: Fetcher) -> FeedItem:
+    """Fill what the item lacks from its story page. A page that cannot be read leaves the
+    item as it is: a story without a summary beats no story."""
+    try:
+        page = fetcher.get(item.url)
+    except FetchError as exc:
+        log.info("story page not read: %s", exc)
+        return item
+    if page.body is None:
+        return item
+    meta = page_metadata(page.body)
+    url = item.url
+    if meta.canonical:
+        try:
+            candidate = canonical_url(urljoin(page.url, meta.canonical))
+        except ValueError:
+            candidate = url
+        # A page may only re-key itself within its own site.
+        if _same_site(candidate, item.url):
+            url = candidate
+    return replace(
+        item,
+        url=url,
+        title=item.title or plain_text(meta.title or "")[:500],
+        summary=item.summary or plain_text(meta.description or "")[:5000],
+        section=item.section or plain_text(meta.section or "").upper()[:100],
+        author=item.author or plain_text(meta.author or "")[:200],
+        published_at=item.published_at or meta.published_at,
+        image_url=item.image_url or (urljoin(page.url, meta.image) if meta.image else None),
+    )
+
+
+def _chunks(values: Iterable[str]) -> Iterator[list[str]]:
+    values = list(values)
+    for start in range(0, len(values), _CHUNK):
+        yield values[start : start + _CHUNK]
+
+
+class _KnownStories:
+    """The stored stories an ingest run can match, loaded in a few IN queries, not one per
+    item: match on canonical URL first, then on feed GUID."""
+
+    def __init__(self, session: Session, items: list[FeedItem]) -> None:
+        self.by_url: dict[str, Story] = {}
+        self.by_guid: dict[str, Story] = {}
+        guids = {i.guid for i in items if i.guid}
+        for chunk in _chunks({i.url for i in items}):
+            self.remember(session.scalars(select(Story).where(Story.canonical_url.in_(chunk))))
+        for chunk in _chunks(guids - self.by_guid.keys()):
+            self.remember(session.scalars(select(Story).where(Story.guid.in_(chunk))))
+
+    def remember(self, stories: Iterable[Story]) -> None:
+        for story in stories:
+            self.by_url[story.canonical_url] = story
+            if story.guid:
+                self.by_guid[story.guid] = story
+
+    def match(self, item: FeedItem) -> Story | None:
+        return self.by_url.get(item.url) or (self.by_guid.get(item.guid) if item.guid else None)
+
+
+def _without_reused_guids(listed: list[Listed]) -> list[Listed]:
+    """A GUID that a feed gives to two different URLs identifies neither: the later items keep
+    their URL identity and lose the GUID, instead of overwriting the first story."""
+    first_url: dict[str, str] = {}
+    cleaned = []
+    for entry in listed:
+        guid = entry.item.guid
+        if guid and first_url.setdefault(guid, entry.item.url) != entry.item.url:
+            log.warning("GUID %r reused for %s; matching it by URL only", guid, entry.item.url)
+            entry = replace(entry, item=replace(entry.item, guid=None))
+        cleaned.append(entry)
+    return cleaned
+
+
+def _update(session: Session, story: Story, item: FeedItem, source_id: int) -> bool:
+    """Apply what changed; headline and summary changes are kept as revisions."""
+    changed = False
+    for field in ("title", "summary"):
+        old, new = getattr(story, field), getattr(item, field)
+        if new and new != old:
+            session.add(
+                StoryRevision(
+                    story_id=story.id,
+                    field=field,
+                    old_value=old,
+                    new_value=new,
+                    source_id=source_id,
+                )
+            )
+            setattr(story, field, new)
+            changed = True
+    for field, new in (
+        ("section", item.section),
+        ("author", item.author),
+        ("image_url", item.image_url),
+        ("guid", item.guid),
+    ):
+        if new and getattr(story, field) != new and (field != "guid" or not story.guid):
+            setattr(story, field, new)
+            changed = True
+    return changed
+
+
+def _store(session: Session, source: Source, listed: list[Listed], now: datetime) -> IngestResult:
+    known = _KnownStories(session, [entry.item for entry in listed])
+    new = updated = 0
+    placed: dict[tuple[SourceRole, Story], int] = {}
+    for entry in listed:
+        item = entry.item
+        story = known.match(item)
+        if story is None:
+            story = Story(
+                canonical_url=item.url,
+                guid=item.guid,
+                title=item.title,
+                summary=item.summary,
+                section=item.section,
+                author=item.author,
+                image_url=item.image_url,
+                published_at=item.published_at or now,
+                source_id=source.id,
+                first_seen_at=now,
+            )
+            session.add(story)
+            known.remember([story])
+            new += 1
+        elif story.id is not None and _update(session, story, item, source.id):
+            updated += 1
+        placed.setdefault((entry.role, story), entry.rank)
     session.flush()
-    rank_column = {
-        SourceRole.MUST_READ: Story.must_read_rank,
-        SourceRole.POPULAR: Story.popular_rank,
-    }.get(source.role)
-    if rank_column is not None:
-        # The source's list replaces the previous one: what fell off it loses its rank.
-        session.execute(update(Story).where(rank_column.is_not(None)).values({rank_column: None}))
-        for rank, story in enumerate(stories, start=1):
-            setattr(story, rank_column.key, rank)
-    source.last_error = None
-    source.error_count = 0
+    session.execute(delete(Listing).where(Listing.source_id == source.id))
+    session.execute(
+        insert(Listing),
+        [
+            {"source_id": source.id, "role": role, "story_id": story.id, "rank": rank}
+            for (role, story), rank in placed.items()
+        ],
+    )
+    return IngestResult(listed=len(listed), new=new, updated=updated)
+
+
+def backoff(source: Source) -> timedelta:
+    """Exponential in the consecutive failures, capped, with jitter so that sources that broke
+    together do not all retry together."""
+    delay = timedelta(seconds=source.interval_seconds) * 2 ** min(source.error_count, 12)
+    return min(delay, MAX_BACKOFF) * random.uniform(0.9, 1.1)
+
+
+def _record_failure(session: Session, source_id: int, error: str, now: datetime) -> None:
+    session.rollback()
+    source = session.get_one(Source, source_id)
+    source.last_error = error[:2000]
+    source.error_count += 1
     source.last_fetched_at = now
+    source.next_fetch_at = now + backoff(source)
     session.commit()
-    return len(stories)
+
+
+def ingest_source(session: Session, source: Source, fetcher: Fetcher) -> IngestResult:
+    """Fetch and store one source. On failure the error is recorded on the source (and
+    committed) and IngestError is raised; no story is changed."""
+    now = utcnow()
+    source_id = source.id
+    try:
+        fetched = fetcher.get(source.url, source.etag, source.last_modified)
+        if fetched.body is None:
+            result = IngestResult(not_modified=True)
+        else:
+            listed = parse_document(source, fetched.body, fetched.url)
+            # Only new stories are worth a page fetch; stored ones were enriched already.
+            lacking = [entry.item for entry in listed if _needs_page(entry.item)]
+            known = _KnownStories(session, lacking)
+            budget = ENRICH_LIMIT
+            for index, entry in enumerate(listed):
+                if budget and _needs_page(entry.item) and known.match(entry.item) is None:
+                    budget -= 1
+                    listed[index] = replace(entry, item=_from_page(entry.item, fetcher))
+            result = _store(session, source, _without_reused_guids(listed), now)
+            source.etag, source.last_modified = fetched.etag, fetched.last_modified
+        source.last_error = None
+        source.error_count = 0
+        source.last_fetched_at = source.last_success_at = now
+        source.next_fetch_at = now + timedelta(seconds=source.interval_seconds)
+        session.commit()
+        return result
+    except (FetchError, IngestError) as exc:
+        _record_failure(session, source_id, str(exc), now)
+        raise IngestError(str(exc)) from exc
+    except IntegrityError as exc:
+        # Another source stored the same story a moment ago; the next run matches it.
+        _record_failure(session, source_id, f"concurrent update, retried next run: {exc}", now)
+        raise IngestError("another ingest stored the same stories; retried next run") from exc
+
+
+def claim_due_sources(session: Session, now: datetime) -> list[int]:
+    """Atomically take the sources whose fetch is due. Their next fetch moves a lease ahead,
+    so a duplicate tick does not fetch them twice; the ingest sets the real next time."""
+    due = or_(Source.next_fetch_at.is_(None), Source.next_fetch_at <= now)
+    claimed = session.scalars(
+        update(Source)
+        .where(due)
+        .values(next_fetch_at=now + CLAIM_LEASE)
+        .returning(Source.id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    session.commit()
+    return sorted(claimed)

@@ -16,13 +16,13 @@ import secrets
 import smtplib
 import ssl
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime
 from email.header import Header
 from email.utils import format_datetime, formataddr, parseaddr
 from pathlib import Path
-from typing import Protocol
+from typing import NoReturn, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
 SMTP_TIMEOUT = 30.0
@@ -35,12 +35,11 @@ class TransportError(Exception):
 
 
 class TransientError(TransportError):
-    """Refused for now (SMTP 4xx, or the connection failed before the message was handed
-    over): safe to try again later."""
+    """This recipient is refused for now (SMTP 4xx): try it again later."""
 
 
 class PermanentError(TransportError):
-    """Refused for good (SMTP 5xx)."""
+    """This recipient is refused for good (SMTP 5xx)."""
 
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
@@ -48,8 +47,14 @@ class PermanentError(TransportError):
 
 
 class UncertainOutcome(TransportError):
-    """The connection broke while the message was being handed over: it may have been
-    delivered (RFC 1047), so it must never be resent automatically."""
+    """The connection broke after the final dot, before the server's reply: the message may
+    have been delivered (RFC 1047), so it must never be resent automatically."""
+
+
+class TransportUnavailable(TransportError):
+    """The relay takes no message now (connection, TLS, authentication, sender refused, 421,
+    or the connection broke before the message was complete). Nothing of the current message
+    was delivered and the recipient is not to blame: stop the batch and try it later."""
 
 
 def clean_header(value: str) -> str:
@@ -124,9 +129,21 @@ def compose(
 
 
 class Sender(Protocol):
-    def send(self, envelope_from: str, recipient: str, message: bytes, key: str) -> None:
-        """Hand one message over, or raise a TransportError subclass. ``key`` is unique per
-        delivery and stable across retries."""
+    def send(
+        self,
+        envelope_from: str,
+        recipient: str,
+        message: bytes,
+        key: str,
+        begin: Callable[[], bool],
+    ) -> bool:
+        """Hand one message over, or raise a TransportError subclass.
+
+        ``begin`` is called once the recipient is accepted and right before the message
+        itself goes out; when it returns False (the delivery was cancelled meanwhile) nothing
+        is sent and ``send`` returns False. ``key`` is unique per delivery and stable across
+        retries.
+        """
 
 
 class Outbox:
@@ -136,7 +153,16 @@ class Outbox:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
 
-    def send(self, envelope_from: str, recipient: str, message: bytes, key: str) -> None:
+    def send(
+        self,
+        envelope_from: str,
+        recipient: str,
+        message: bytes,
+        key: str,
+        begin: Callable[[], bool],
+    ) -> bool:
+        if not begin():
+            return False
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as f:
@@ -144,14 +170,26 @@ class Outbox:
             os.replace(tmp, self.directory / f"{key}.eml")
         except OSError as exc:
             Path(tmp).unlink(missing_ok=True)
-            raise TransientError(f"cannot write to the outbox {self.directory}: {exc}") from exc
+            raise TransportUnavailable(
+                f"cannot write to the outbox {self.directory}: {exc}"
+            ) from exc
+        return True
+
+
+def _dot_stuffed(message: bytes) -> bytes:
+    """The DATA payload: leading dots doubled, CRLF.CRLF at the end (RFC 5321 4.5.2)."""
+    body = re.sub(rb"(?m)^\.", b"..", message)
+    if not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    return body + b".\r\n"
 
 
 class SmtpSender:
     """One SMTP connection, opened on first use and reused for every message of a batch.
 
-    MAIL, RCPT and DATA are sent one by one so that a failure can be placed: before DATA the
-    message certainly was not delivered; inside DATA it may have been.
+    MAIL, RCPT and DATA are driven one by one so that every failure can be placed. Until the
+    final dot is sent the message certainly was not delivered; only a connection lost while
+    waiting for the reply to the final dot leaves the outcome unknown.
     """
 
     def __init__(self, url: str) -> None:
@@ -165,58 +203,85 @@ class SmtpSender:
         self.password = unquote(parts.password) if parts.password else None
         self._smtp: smtplib.SMTP | None = None
 
-    def _connect(self) -> smtplib.SMTP:
+    def _connection(self) -> smtplib.SMTP:
+        if self._smtp is not None:
+            return self._smtp
         context = ssl.create_default_context()
-        smtp: smtplib.SMTP
-        if self.implicit_tls:
-            smtp = smtplib.SMTP_SSL(self.host, self.port, timeout=SMTP_TIMEOUT, context=context)
-        else:
-            smtp = smtplib.SMTP(self.host, self.port, timeout=SMTP_TIMEOUT)
-            if self.starttls:
-                smtp.starttls(context=context)
-        if self.username:
-            smtp.login(self.username, self.password or "")
-        # mail()/rcpt() below do not greet by themselves (only sendmail() does).
-        smtp.ehlo_or_helo_if_needed()
+        try:
+            smtp: smtplib.SMTP
+            if self.implicit_tls:
+                smtp = smtplib.SMTP_SSL(self.host, self.port, timeout=SMTP_TIMEOUT, context=context)
+            else:
+                smtp = smtplib.SMTP(self.host, self.port, timeout=SMTP_TIMEOUT)
+                if self.starttls:
+                    smtp.starttls(context=context)
+            if self.username:
+                smtp.login(self.username, self.password or "")
+            # mail()/rcpt() below do not greet by themselves (only sendmail() does).
+            smtp.ehlo_or_helo_if_needed()
+        except (smtplib.SMTPException, OSError) as exc:
+            raise TransportUnavailable(
+                f"cannot open an SMTP session with {self.host}:{self.port}: {exc}"
+            ) from exc
+        self._smtp = smtp
         return smtp
 
-    def _reset(self) -> None:
+    def _drop(self) -> None:
         if self._smtp is not None:
-            try:
+            with suppress(smtplib.SMTPException, OSError):
                 self._smtp.close()
-            finally:
-                self._smtp = None
+            self._smtp = None
 
-    def send(self, envelope_from: str, recipient: str, message: bytes, key: str) -> None:
-        try:
-            if self._smtp is None:
-                self._smtp = self._connect()
-            smtp = self._smtp
-            code, reply = smtp.mail(envelope_from)
-            if code < 400:
-                code, reply = smtp.rcpt(recipient)
-            if code >= 400:
-                smtp.rset()
-                self._refused(code, reply)
-        except (smtplib.SMTPException, OSError) as exc:
-            self._reset()
-            raise TransientError(
-                f"SMTP connection to {self.host}:{self.port} failed: {exc}"
-            ) from exc
-        try:
-            code, reply = smtp.data(message)
-        except smtplib.SMTPDataError as exc:
-            self._refused(exc.smtp_code, exc.smtp_error)
-        except (smtplib.SMTPException, OSError) as exc:
-            self._reset()
-            raise UncertainOutcome(f"connection lost during DATA: {exc}") from exc
-
-    @staticmethod
-    def _refused(code: int, reply: bytes) -> None:
+    def _refused(self, stage: str, code: int, reply: bytes) -> NoReturn:
+        """Raise for a refusal, leaving the connection ready for the next message."""
         text = f"{code} {reply.decode('utf-8', 'replace')}"
+        if code == 421:  # the server is closing the connection: not this recipient's fault
+            self._drop()
+            raise TransportUnavailable(f"{stage}: {text}")
+        try:
+            self._connection().rset()
+        except (smtplib.SMTPException, OSError, TransportUnavailable):
+            self._drop()
+        if stage == "MAIL FROM":  # the sender is refused: every recipient would be
+            raise TransportUnavailable(f"{stage}: {text}")
         if code >= 500:
-            raise PermanentError(text, code)
-        raise TransientError(text)
+            raise PermanentError(f"{stage}: {text}", code)
+        raise TransientError(f"{stage}: {text}")
+
+    def send(
+        self,
+        envelope_from: str,
+        recipient: str,
+        message: bytes,
+        key: str,
+        begin: Callable[[], bool],
+    ) -> bool:
+        smtp = self._connection()
+        try:
+            code, reply = smtp.mail(envelope_from)
+            if code >= 400:
+                self._refused("MAIL FROM", code, reply)
+            code, reply = smtp.rcpt(recipient)
+            if code >= 400:
+                self._refused("RCPT TO", code, reply)
+            if not begin():
+                smtp.rset()
+                return False
+            code, reply = smtp.docmd("DATA")
+            if code != 354:
+                self._refused("DATA", code, reply)
+            smtp.send(_dot_stuffed(message))
+        except (smtplib.SMTPException, OSError) as exc:
+            self._drop()
+            raise TransportUnavailable(f"connection to {self.host} lost: {exc}") from exc
+        try:
+            code, reply = smtp.getreply()
+        except (smtplib.SMTPException, OSError) as exc:
+            self._drop()
+            raise UncertainOutcome(f"connection lost after the final dot: {exc}") from exc
+        if code >= 400:
+            self._refused("end of DATA", code, reply)
+        return True
 
     def close(self) -> None:
         if self._smtp is not None:

@@ -99,9 +99,16 @@ class DeliveryState(enum.StrEnum):
     DEFERRED = "deferred"
     FAILED = "failed"
     UNKNOWN = "unknown"
+    # Not to be sent any more: the subscriber left, or the edition was cancelled.
+    CANCELLED = "cancelled"
 
 
-FINAL_DELIVERY_STATES = (DeliveryState.SENT, DeliveryState.FAILED, DeliveryState.UNKNOWN)
+FINAL_DELIVERY_STATES = (
+    DeliveryState.SENT,
+    DeliveryState.FAILED,
+    DeliveryState.UNKNOWN,
+    DeliveryState.CANCELLED,
+)
 
 
 class SocialPostState(enum.StrEnum):
@@ -117,10 +124,20 @@ class Source(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     url: Mapped[str] = mapped_column(String(2048), unique=True)
+    # rss | atom | json (all read as feeds) or html (a section page with story lists).
     kind: Mapped[str] = mapped_column(String(20), default="rss")
+    # For feeds: what the feed's list means. HTML pages name their lists in their headings.
     role: Mapped[SourceRole] = mapped_column(_enum(SourceRole), default=SourceRole.LATEST)
     name: Mapped[str] = mapped_column(String(200), default="")
+    # HTML only: CSS selectors overriding the defaults (see digest.html_lists.Selectors).
+    selectors: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    interval_seconds: Mapped[int] = mapped_column(default=900, server_default="900")
+    # When the beat next fetches it; pushed back with exponential backoff after failures.
+    next_fetch_at: Mapped[datetime | None] = mapped_column(index=True)
+    etag: Mapped[str | None] = mapped_column(String(500))
+    last_modified: Mapped[str | None] = mapped_column(String(100))
     last_fetched_at: Mapped[datetime | None]
+    last_success_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     error_count: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -138,12 +155,44 @@ class Story(Base):
     author: Mapped[str] = mapped_column(String(200), default="")
     image_url: Mapped[str | None] = mapped_column(String(2048))
     published_at: Mapped[datetime] = mapped_column(index=True)
-    # Rank in the source's must-read / popular list; None when the story is not on it.
-    must_read_rank: Mapped[int | None]
-    popular_rank: Mapped[int | None]
+    # An editor's must-read pin, in force until this time.
+    pinned_until: Mapped[datetime | None]
     source_id: Mapped[int | None] = mapped_column(ForeignKey("sources.id", ondelete="SET NULL"))
     first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Listing(Base):
+    """A story's place on one of a source's lists (Must-Reads, Popular Now, …) as last fetched.
+
+    Each successful fetch replaces the source's rows for that list, so a story that fell off
+    the site's list falls off here too, without touching other sources' lists.
+    """
+
+    __tablename__ = "listings"
+
+    source_id: Mapped[int] = mapped_column(
+        ForeignKey("sources.id", ondelete="CASCADE"), primary_key=True
+    )
+    role: Mapped[SourceRole] = mapped_column(_enum(SourceRole), primary_key=True)
+    story_id: Mapped[int] = mapped_column(
+        ForeignKey("stories.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    rank: Mapped[int]
+
+
+class StoryRevision(Base):
+    """A change to a stored story (a corrected headline, a rewritten summary), kept as a record."""
+
+    __tablename__ = "story_revisions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    story_id: Mapped[int] = mapped_column(ForeignKey("stories.id", ondelete="CASCADE"), index=True)
+    field: Mapped[str] = mapped_column(String(30))
+    old_value: Mapped[str] = mapped_column(Text)
+    new_value: Mapped[str] = mapped_column(Text)
+    source_id: Mapped[int | None] = mapped_column(ForeignKey("sources.id", ondelete="SET NULL"))
+    changed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Subscriber(Base):

@@ -8,9 +8,11 @@ reads them exactly as it reads a real site's feeds.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import format_datetime
+from html import escape as html_escape
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -217,6 +219,81 @@ def rss_feed(role: SourceRole, now: datetime) -> str:
     <description>{_LIST_TITLES[role]} from Example News</description>{items}
   </channel>
 </rss>
+"""
+
+
+# "You May Also Like" is shown on the page but is no list this product reads.
+_ALSO_LIKE = LISTS[SourceRole.MUST_READ]
+
+
+def _html_list(title: str, stories: list[SampleStory], numbered: bool) -> str:
+    items = "".join(
+        f"""
+      <li>{f'<span class="rank">{n}</span>' if numbered else ""}
+        <a href="{s.url.removeprefix(SITE)}"><span class="title">{html_escape(s.title)}</span></a>
+        {f'<span class="section-label">{s.section}</span>' if numbered else ""}
+      </li>"""
+        for n, s in enumerate(stories, start=1)
+    )
+    return f"""
+  <section class="story-list">
+    <h2 class="list-heading">{title}</h2>
+    <ul>{items}
+    </ul>
+  </section>"""
+
+
+def article_page() -> str:
+    """The article page as the site serves it: the article, then the lists beside it."""
+    lead = LISTS[SourceRole.LATEST][0]
+    lists = "".join(
+        [
+            _html_list("[LATEST] Latest Stories", LISTS[SourceRole.LATEST][1:], numbered=False),
+            _html_list("You May Also Like", _ALSO_LIKE, numbered=True),
+            _html_list("Popular Now", LISTS[SourceRole.POPULAR], numbered=True),
+            _html_list("Must-Reads", LISTS[SourceRole.MUST_READ], numbered=True),
+            _html_list("Popular Now", LISTS[SourceRole.POPULAR], numbered=True),
+        ]
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head><meta charset="utf-8"><title>{html_escape(lead.title)}</title>
+<link rel="canonical" href="{lead.url}"></head>
+<body>
+  <nav><a href="/">Quick access to main page</a></nav>
+  <article><h1>{html_escape(lead.title)}</h1><p>{html_escape(lead.summary)}</p></article>
+  <aside>{lists}
+  </aside>
+  <div class="share">Share it on...</div>
+</body>
+</html>
+"""
+
+
+def story_page(story: SampleStory, published_at: datetime) -> str:
+    """A story's own page, describing itself in OpenGraph and JSON-LD as news sites do."""
+    json_ld = json.dumps(
+        {
+            "@context": "https://schema.org",
+            "@type": "NewsArticle",
+            "headline": story.title,
+            "description": story.summary,
+            "image": [f"{SITE}/images/{story.slug}.jpg"],
+            "articleSection": story.section.title(),
+            "author": [{"@type": "Person", "name": "Daniel Kim"}],
+            "datePublished": published_at.isoformat(),
+        }
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>{html_escape(story.title)}</title>
+<link rel="canonical" href="{story.url}">
+<meta property="og:title" content="{html_escape(story.title)}">
+<meta property="og:description" content="{html_escape(story.summary)}">
+<meta property="og:image" content="{SITE}/images/{story.slug}.jpg">
+<meta property="article:section" content="{story.section.title()}">
+<script type="application/ld+json">{json_ld}</script>
+</head><body><article><h1>{html_escape(story.title)}</h1></article></body></html>
 """
 
 

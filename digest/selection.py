@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session
 
-from digest.models import Newsletter, Story
+from digest.models import Listing, Newsletter, SourceRole, Story
 
 LATEST_WINDOW = timedelta(hours=24)
 
@@ -20,31 +20,48 @@ class Block:
     stories: list[Story]
 
 
-def select_blocks(session: Session, newsletter: Newsletter, now: datetime) -> list[Block]:
-    """The blocks of an edition cut off at ``now``; empty blocks are left out."""
-    must_reads = list(
+def must_reads(session: Session, now: datetime, limit: int) -> list[Story]:
+    """Editor pins first (newest pin first), then the site's must-read lists by rank."""
+    listed = (
+        select(Listing.story_id, func.min(Listing.rank).label("rank"))
+        .where(Listing.role == SourceRole.MUST_READ)
+        .group_by(Listing.story_id)
+        .subquery()
+    )
+    pinned = Story.pinned_until > now
+    return list(
         session.scalars(
             select(Story)
-            .where(Story.must_read_rank.is_not(None), Story.published_at <= now)
-            .order_by(Story.must_read_rank, Story.id)
-            .limit(newsletter.must_read_limit)
+            .outerjoin(listed, listed.c.story_id == Story.id)
+            .where(or_(pinned, listed.c.rank.is_not(None)), Story.published_at <= now)
+            .order_by(
+                case((pinned, 0), else_=1),
+                Story.pinned_until.desc(),
+                listed.c.rank,
+                Story.id,
+            )
+            .limit(limit)
         )
     )
-    already = [s.id for s in must_reads]
+
+
+def select_blocks(session: Session, newsletter: Newsletter, now: datetime) -> list[Block]:
+    """The blocks of an edition cut off at ``now``; empty blocks are left out."""
+    picks = must_reads(session, now, newsletter.must_read_limit)
     latest = list(
         session.scalars(
             select(Story)
             .where(
                 Story.published_at > now - LATEST_WINDOW,
                 Story.published_at <= now,
-                Story.id.not_in(already),
+                Story.id.not_in([s.id for s in picks]),
             )
             .order_by(Story.published_at.desc(), Story.id.desc())
             .limit(newsletter.latest_limit)
         )
     )
     blocks = [
-        Block("must_reads", "Must-Reads", must_reads),
+        Block("must_reads", "Must-Reads", picks),
         Block("latest", "Latest Stories", latest),
     ]
     return [b for b in blocks if b.stories]

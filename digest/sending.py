@@ -2,16 +2,22 @@
 
 Lifecycle of a delivery (DESIGN, rule 3)::
 
-    queued ──claim──▶ sending ──▶ sent | deferred | failed | unknown
-      ▲                               │
-      └──── reconcile (when due) ─────┘ deferred only
+    queued ──(claimed: leased, still queued)──▶ sending ──▶ sent | deferred | failed | unknown
+      ▲                                                          │
+      └──────────────── reconcile, when the retry is due ────────┘ deferred only
+    queued | deferred ──(unsubscribed, edition cancelled)──▶ cancelled
 
 Invariants:
-- A batch is claimed by one atomic UPDATE … RETURNING; two workers never get the same row.
-- A row is marked with its outcome right after its hand-over and committed at once, so a crash
-  leaves at most the message being handed over in ``sending``. When its lease runs out the
+- A batch is claimed by one atomic UPDATE … RETURNING that leases rows to one worker; two
+  workers never hold the same row. A claimed row stays ``queued``: if its worker dies, the lease
+  runs out and the row is simply claimed again.
+- A row becomes ``sending`` (committed) only once the relay accepted its recipient, right
+  before the message itself goes out, and gets its outcome committed right after. So a crash
+  leaves at most the one message being handed over in ``sending``; when its lease runs out the
   reconciler marks it ``unknown``: it may have been delivered, so it is never resent.
-- Rows claimed but not yet handed over when a batch stops early go back to ``queued``.
+- A relay that takes nothing (down, refusing the sender, closing) stops the batch without
+  charging any recipient: the untried rows go back to the queue and the task retries later.
+- One recipient whose message cannot be built (bad data) fails alone; the batch goes on.
 """
 
 from __future__ import annotations
@@ -19,12 +25,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import random
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from email.utils import parseaddr
 
-from sqlalchemy import func, or_, select, update
+from jinja2 import TemplateError
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest.config import Settings
@@ -46,6 +56,9 @@ LEASE = timedelta(minutes=10)
 STALL = timedelta(minutes=5)
 MAX_ATTEMPTS = 5
 RETRY_BASE = timedelta(minutes=5)
+# When an edition's send messages were lost, this many self-continuing tasks take it up again:
+# enough to keep a few workers busy, few enough that a false alarm costs nothing.
+RECOVERY_TASKS = 4
 
 
 @dataclass(frozen=True)
@@ -56,11 +69,18 @@ class Recipient:
     tracking: bool
 
 
+def _claimable(now: datetime) -> ColumnElement[bool]:
+    return and_(
+        Delivery.state == DeliveryState.QUEUED,
+        or_(Delivery.lease_until.is_(None), Delivery.lease_until < now),
+    )
+
+
 def claim_batch(session: Session, edition_id: int, limit: int, now: datetime) -> list[int]:
-    """Atomically move up to ``limit`` queued deliveries of the edition to ``sending``."""
+    """Atomically lease up to ``limit`` queued deliveries of the edition to this worker."""
     pick = (
         select(Delivery.id)
-        .where(Delivery.edition_id == edition_id, Delivery.state == DeliveryState.QUEUED)
+        .where(Delivery.edition_id == edition_id, _claimable(now))
         .order_by(Delivery.id)
         .limit(limit)
     )
@@ -70,13 +90,8 @@ def claim_batch(session: Session, edition_id: int, limit: int, now: datetime) ->
         pick = pick.with_for_update(skip_locked=True)
     claimed = session.scalars(
         update(Delivery)
-        .where(Delivery.id.in_(pick), Delivery.state == DeliveryState.QUEUED)
-        .values(
-            state=DeliveryState.SENDING,
-            lease_until=now + LEASE,
-            claimed_at=now,
-            attempts=Delivery.attempts + 1,
-        )
+        .where(Delivery.id.in_(pick), _claimable(now))
+        .values(lease_until=now + LEASE, claimed_at=now)
         .returning(Delivery.id)
         .execution_options(synchronize_session=False)
     ).all()
@@ -84,40 +99,74 @@ def claim_batch(session: Session, edition_id: int, limit: int, now: datetime) ->
     return sorted(claimed)
 
 
-def _mark(session: Session, delivery_id: int, state: DeliveryState, **values: object) -> None:
-    session.execute(
+def _set(
+    session: Session, delivery_id: int, since: tuple[DeliveryState, ...], **values: object
+) -> bool:
+    done = session.execute(
         update(Delivery)
-        .where(Delivery.id == delivery_id, Delivery.state == DeliveryState.SENDING)
-        .values(state=state, lease_until=None, **values)
+        .where(Delivery.id == delivery_id, Delivery.state.in_(since))
+        .values(**values)
         .execution_options(synchronize_session=False)
-    )
+    ).rowcount
     session.commit()
+    return bool(done)
+
+
+def _begin(session: Session, delivery_id: int) -> bool:
+    """Enter the SMTP window; False if the delivery was cancelled since it was claimed."""
+    return _set(
+        session,
+        delivery_id,
+        (DeliveryState.QUEUED,),
+        state=DeliveryState.SENDING,
+        lease_until=utcnow() + LEASE,
+    )
+
+
+def _settle(session: Session, delivery_id: int, state: DeliveryState, **values: object) -> None:
+    """Record an attempt's outcome (the refusal may come before or after ``_begin``)."""
+    _set(
+        session,
+        delivery_id,
+        (DeliveryState.QUEUED, DeliveryState.SENDING),
+        state=state,
+        lease_until=None,
+        attempts=Delivery.attempts + 1,
+        **values,
+    )
 
 
 def _release(session: Session, delivery_ids: list[int]) -> None:
+    """Give back rows this batch will not try (still ``queued``, or certainly not sent)."""
     if not delivery_ids:
         return
     session.execute(
         update(Delivery)
-        .where(Delivery.id.in_(delivery_ids), Delivery.state == DeliveryState.SENDING)
-        .values(state=DeliveryState.QUEUED, lease_until=None, attempts=Delivery.attempts - 1)
+        .where(
+            Delivery.id.in_(delivery_ids),
+            Delivery.state.in_((DeliveryState.QUEUED, DeliveryState.SENDING)),
+        )
+        .values(state=DeliveryState.QUEUED, lease_until=None)
         .execution_options(synchronize_session=False)
     )
     session.commit()
 
 
 def retry_delay(attempt: int) -> timedelta:
-    """Exponential backoff with full jitter, so deferred rows do not return in one wave."""
+    """Exponential backoff with ±50% jitter, so deferred rows do not return in one wave."""
     return RETRY_BASE * (2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
 
 
-def message_id(settings: Settings, edition_id: int, delivery_id: int) -> str:
+def message_id(settings: Settings, domain: str, edition_id: int, delivery_id: int) -> str:
     """Stable per delivery (a resend is recognisably the same message), unguessable across
     installations that share a domain."""
+    # The oldest key changes least often under rotation (keys are listed newest first).
     mac = hmac.new(
-        settings.secret_keys[0].encode(), f"{edition_id}.{delivery_id}".encode(), hashlib.sha256
+        settings.secret_keys[-1].encode(),
+        f"message-id:{edition_id}.{delivery_id}".encode(),
+        hashlib.sha256,
     ).hexdigest()[:12]
-    return f"<{edition_id}.{delivery_id}.{mac}@{settings.sender_domain}>"
+    return f"<{edition_id}.{delivery_id}.{mac}@{domain}>"
 
 
 class EditionMailer:
@@ -127,6 +176,9 @@ class EditionMailer:
         self.settings = settings
         self.edition = edition
         self.newsletter = edition.newsletter
+        self.from_address = self.newsletter.from_address or settings.from_address
+        self.envelope_from = parseaddr(self.from_address)[1]
+        self.domain = self.envelope_from.rpartition("@")[2]
         self.signer = TokenSigner(settings.secret_keys)
         self.link_urls = dict(
             session.execute(select(Link.id, Link.url).where(Link.edition_id == edition.id)).all()
@@ -153,17 +205,19 @@ class EditionMailer:
             href,
             pixel,
         )
-        list_id = f"{self.newsletter.slug}.{self.settings.sender_domain}"
+        list_id = f"{self.newsletter.slug}.{self.domain}"
         unsubscribe = (
             f"{base}/u/{self.signer.unsubscribe_token(recipient.subscriber_id, self.newsletter.id)}"
         )
         return compose(
-            sender=self.newsletter.from_address or self.settings.from_address,
+            sender=self.from_address,
             recipient=recipient.email,
             subject=rendered.subject,
             text=rendered.text,
             html=rendered.html,
-            message_id=message_id(self.settings, self.edition.id, recipient.delivery_id),
+            message_id=message_id(
+                self.settings, self.domain, self.edition.id, recipient.delivery_id
+            ),
             date=now,
             headers=[
                 ("List-Id", f"{self.newsletter.name} <{list_id}>"),
@@ -175,32 +229,42 @@ class EditionMailer:
 
 def _hand_over(
     session: Session, mailer: EditionMailer, sender: Sender, recipient: Recipient, message: bytes
-) -> DeliveryState:
-    key = f"{mailer.edition.id}-{recipient.delivery_id}"
+) -> DeliveryState | None:
+    """Send one message and record its outcome; None if it was cancelled meanwhile.
+
+    TransportUnavailable propagates: the relay, not the recipient, is the problem.
+    """
+    delivery_id = recipient.delivery_id
+    key = f"{mailer.edition.id}-{delivery_id}"
     try:
-        sender.send(mailer.settings.from_address, recipient.email, message, key)
+        if not sender.send(
+            mailer.envelope_from,
+            recipient.email,
+            message,
+            key,
+            lambda: _begin(session, delivery_id),
+        ):
+            return None
     except UncertainOutcome as exc:
-        _mark(session, recipient.delivery_id, DeliveryState.UNKNOWN, last_error=str(exc))
+        _settle(session, delivery_id, DeliveryState.UNKNOWN, last_error=str(exc))
         return DeliveryState.UNKNOWN
     except PermanentError as exc:
-        _mark(session, recipient.delivery_id, DeliveryState.FAILED, last_error=str(exc))
+        _settle(session, delivery_id, DeliveryState.FAILED, last_error=str(exc))
         return DeliveryState.FAILED
     except TransientError as exc:
-        attempts = session.scalar(
-            select(Delivery.attempts).where(Delivery.id == recipient.delivery_id)
-        )
-        if attempts is None or attempts >= MAX_ATTEMPTS:
-            _mark(session, recipient.delivery_id, DeliveryState.FAILED, last_error=str(exc))
+        attempts = session.scalar(select(Delivery.attempts).where(Delivery.id == delivery_id))
+        if attempts is None or attempts + 1 >= MAX_ATTEMPTS:
+            _settle(session, delivery_id, DeliveryState.FAILED, last_error=str(exc))
             return DeliveryState.FAILED
-        _mark(
+        _settle(
             session,
-            recipient.delivery_id,
+            delivery_id,
             DeliveryState.DEFERRED,
             last_error=str(exc),
-            next_attempt_at=utcnow() + retry_delay(attempts),
+            next_attempt_at=utcnow() + retry_delay(attempts + 1),
         )
         return DeliveryState.DEFERRED
-    _mark(session, recipient.delivery_id, DeliveryState.SENT, sent_at=utcnow(), last_error=None)
+    _settle(session, delivery_id, DeliveryState.SENT, sent_at=utcnow(), last_error=None)
     return DeliveryState.SENT
 
 
@@ -208,51 +272,63 @@ def send_batch(
     sessions: sessionmaker[Session], settings: Settings, edition_id: int
 ) -> Counter[DeliveryState]:
     """Claim and send the next batch of the edition; returns the outcomes (empty when there
-    was nothing left to claim)."""
+    was nothing left to claim). Raises TransportUnavailable when the relay takes nothing."""
     outcomes: Counter[DeliveryState] = Counter()
     with sessions() as session:
-        ids = claim_batch(session, edition_id, settings.batch_size, utcnow())
-        if not ids:
+        untried = claim_batch(session, edition_id, settings.batch_size, utcnow())
+        if not untried:
             return outcomes
-        edition = session.get_one(Edition, edition_id)
-        mailer = EditionMailer(session, settings, edition)
-        recipients = [
-            Recipient(*row)
-            for row in session.execute(
-                select(Delivery.id, Subscriber.id, Subscriber.email, Subscriber.tracking_enabled)
-                .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-                .where(Delivery.id.in_(ids))
-                .order_by(Delivery.id)
-            ).all()
-        ]
-        settled: set[int] = set()
-        in_window: int | None = None
         try:
+            edition = session.get_one(Edition, edition_id)
+            mailer = EditionMailer(session, settings, edition)
+            recipients = [
+                Recipient(*row)
+                for row in session.execute(
+                    select(
+                        Delivery.id, Subscriber.id, Subscriber.email, Subscriber.tracking_enabled
+                    )
+                    .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+                    .where(Delivery.id.in_(untried))
+                    .order_by(Delivery.id)
+                ).all()
+            ]
             with open_sender(settings.smtp_url) as sender:
                 for recipient in recipients:
-                    message = mailer.message(recipient, utcnow())
-                    in_window = recipient.delivery_id
-                    outcomes[_hand_over(session, mailer, sender, recipient, message)] += 1
-                    settled.add(recipient.delivery_id)
-                    in_window = None
+                    try:
+                        message = mailer.message(recipient, utcnow())
+                    except (ValueError, LookupError, TypeError, TemplateError) as exc:
+                        log.error("delivery %s cannot be built: %r", recipient.delivery_id, exc)
+                        _settle(
+                            session,
+                            recipient.delivery_id,
+                            DeliveryState.FAILED,
+                            last_error=f"message could not be built: {exc!r}",
+                        )
+                        outcome: DeliveryState | None = DeliveryState.FAILED
+                    else:
+                        outcome = _hand_over(session, mailer, sender, recipient, message)
+                    untried.remove(recipient.delivery_id)
+                    if outcome is not None:
+                        outcomes[outcome] += 1
         finally:
-            # Whatever stopped the batch early, rows never handed over go back to the queue.
-            # The one inside the hand-over stays in ``sending`` and is settled by its lease:
-            # it may have stopped inside the SMTP window.
-            _release(
-                session,
-                [
-                    r.delivery_id
-                    for r in recipients
-                    if r.delivery_id not in settled and r.delivery_id != in_window
-                ],
-            )
+            # Whatever stopped the batch early, rows it did not try go back to the queue at
+            # once (a fresh transaction: the one in use may be the thing that broke). A row in
+            # ``sending`` that is not in ``untried`` stays for its lease: it may have gone out.
+            session.rollback()
+            try:
+                _release(session, untried)
+            except SQLAlchemyError:
+                log.exception(
+                    "could not release %d deliveries; their lease frees them", len(untried)
+                )
     log.info("edition %s batch: %s", edition_id, dict(outcomes))
     return outcomes
 
 
-def reconcile(session: Session, now: datetime) -> dict[str, int]:
-    """Settle what the database says is overdue: expired leases and due retries."""
+def reconcile(session: Session, now: datetime) -> dict[int, int]:
+    """Settle what the database says is overdue: rows whose lease ran out inside the SMTP
+    window become ``unknown``; deferred rows whose retry is due are queued again. Returns
+    {edition id: rows queued again}, for the caller to dispatch."""
     expired = session.execute(
         update(Delivery)
         .where(Delivery.state == DeliveryState.SENDING, Delivery.lease_until < now)
@@ -263,36 +339,39 @@ def reconcile(session: Session, now: datetime) -> dict[str, int]:
         )
         .execution_options(synchronize_session=False)
     ).rowcount
-    due = select(Delivery.edition_id).where(
-        Delivery.state == DeliveryState.DEFERRED, Delivery.next_attempt_at <= now
-    )
-    session.execute(
-        update(Edition)
-        .where(Edition.id.in_(due))
-        .values(dispatched_at=None)
-        .execution_options(synchronize_session=False)
-    )
+    if expired:
+        log.warning("%d deliveries found in sending after their lease: marked unknown", expired)
     retried = session.execute(
         update(Delivery)
         .where(Delivery.state == DeliveryState.DEFERRED, Delivery.next_attempt_at <= now)
-        .values(state=DeliveryState.QUEUED, next_attempt_at=None)
+        .values(state=DeliveryState.QUEUED, next_attempt_at=None, lease_until=None)
+        .returning(Delivery.edition_id)
         .execution_options(synchronize_session=False)
-    ).rowcount
+    ).all()
     session.commit()
-    return {"expired": expired, "retried": retried}
+    return dict(Counter(edition_id for (edition_id,) in retried))
 
 
-def editions_to_dispatch(session: Session, now: datetime) -> dict[int, int]:
-    """Editions with queued deliveries that no worker is working on: {edition id: queued}.
+@dataclass(frozen=True)
+class Dispatch:
+    """How many send tasks to put on the broker for an edition, and whether they continue
+    by themselves until the edition has nothing left to claim."""
 
-    An edition counts as worked on if it was dispatched recently or a batch of it was claimed
-    recently; otherwise its send messages were lost (or never sent) and are due again. The
-    caller enqueues after this commit.
+    tasks: int
+    continuing: bool
+
+
+def editions_to_dispatch(session: Session, now: datetime, batch_size: int) -> dict[int, Dispatch]:
+    """Editions whose claimable deliveries no worker is working on, and what to enqueue.
+
+    Never dispatched: one task per batch. Dispatched but untouched for STALL (the messages were
+    lost, or sit behind a long backlog): a few self-continuing tasks, so that a false alarm
+    adds little and a real loss is still worked off. The caller enqueues after this commit.
     """
     recent = now - STALL
-    queued = (
-        select(Delivery.edition_id, func.count().label("queued"))
-        .where(Delivery.state == DeliveryState.QUEUED)
+    claimable = (
+        select(Delivery.edition_id, func.count().label("n"))
+        .where(_claimable(now))
         .group_by(Delivery.edition_id)
         .subquery()
     )
@@ -302,8 +381,8 @@ def editions_to_dispatch(session: Session, now: datetime) -> dict[int, int]:
         .scalar_subquery()
     )
     rows = session.execute(
-        select(Edition.id, queued.c.queued)
-        .join(queued, queued.c.edition_id == Edition.id)
+        select(Edition.id, Edition.dispatched_at, claimable.c.n)
+        .join(claimable, claimable.c.edition_id == Edition.id)
         .where(
             or_(
                 Edition.dispatched_at.is_(None),
@@ -311,7 +390,13 @@ def editions_to_dispatch(session: Session, now: datetime) -> dict[int, int]:
             )
         )
     ).all()
-    due = {edition_id: count for edition_id, count in rows}
+    due = {}
+    for edition_id, dispatched_at, n in rows:
+        batches = math.ceil(n / batch_size)
+        if dispatched_at is None:
+            due[edition_id] = Dispatch(batches, continuing=False)
+        else:
+            due[edition_id] = Dispatch(min(batches, RECOVERY_TASKS), continuing=True)
     if due:
         session.execute(
             update(Edition)
@@ -321,6 +406,15 @@ def editions_to_dispatch(session: Session, now: datetime) -> dict[int, int]:
         )
     session.commit()
     return due
+
+
+def has_claimable(session: Session, edition_id: int, now: datetime) -> bool:
+    return (
+        session.scalar(
+            select(Delivery.id).where(Delivery.edition_id == edition_id, _claimable(now)).limit(1)
+        )
+        is not None
+    )
 
 
 def delivery_counts(session: Session, edition_id: int) -> dict[DeliveryState, int]:

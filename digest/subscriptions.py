@@ -7,7 +7,15 @@ from email.utils import parseaddr
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from digest.models import Newsletter, Subscriber, SubscriberStatus, Subscription
+from digest.models import (
+    Delivery,
+    DeliveryState,
+    Edition,
+    Newsletter,
+    Subscriber,
+    SubscriberStatus,
+    Subscription,
+)
 
 
 class InvalidAddress(ValueError):
@@ -15,12 +23,15 @@ class InvalidAddress(ValueError):
 
 
 def normalise_email(raw: str) -> str:
-    """Lower-cased address, or InvalidAddress; header-breaking characters are never accepted."""
+    """Lower-cased address, or InvalidAddress; header-breaking characters are never accepted,
+    nor non-ASCII ones (sending to them needs SMTPUTF8, which relays may not offer)."""
     name, address = parseaddr(raw)
     address = address.strip().lower()
     local, _, domain = address.rpartition("@")
     if not local or "." not in domain or any(c in raw for c in "\r\n\0") or name:
         raise InvalidAddress(f"{raw!r} is not a plain email address")
+    if not address.isascii() or " " in address:
+        raise InvalidAddress(f"{raw!r}: only ASCII addresses without spaces can be sent to")
     return address
 
 
@@ -46,7 +57,12 @@ def subscribe_active(
 
 
 def unsubscribe(session: Session, subscriber_id: int, newsletter_id: int) -> Newsletter | None:
-    """End the subscription at once; returns the newsletter, or None if it is unknown."""
+    """End the subscription at once; returns the newsletter, or None if it is unknown.
+
+    "At once" includes editions already being sent: the subscriber's deliveries that have not
+    gone out are cancelled in the same transaction, and a worker that claimed one finds it
+    cancelled before its message goes out.
+    """
     session.execute(
         update(Subscription)
         .where(
@@ -54,6 +70,18 @@ def unsubscribe(session: Session, subscriber_id: int, newsletter_id: int) -> New
             Subscription.newsletter_id == newsletter_id,
         )
         .values(active=False)
+    )
+    session.execute(
+        update(Delivery)
+        .where(
+            Delivery.subscriber_id == subscriber_id,
+            Delivery.state.in_((DeliveryState.QUEUED, DeliveryState.DEFERRED)),
+            Delivery.edition_id.in_(
+                select(Edition.id).where(Edition.newsletter_id == newsletter_id)
+            ),
+        )
+        .values(state=DeliveryState.CANCELLED, last_error="unsubscribed", lease_until=None)
+        .execution_options(synchronize_session=False)
     )
     session.commit()
     return session.get(Newsletter, newsletter_id)

@@ -14,9 +14,12 @@ OPEN = "open-v1"
 UNSUBSCRIBE = "unsubscribe-v1"
 
 
+MAX_ID = 2**63 - 1  # BIGINT: a larger id cannot name a row, and would fail the query
+
+
 def _is_id(value: object) -> bool:
     # bool is an int subclass: JSON true must not pass for row 1.
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID
 
 
 class TokenSigner:

@@ -25,6 +25,11 @@ def truncate_ip(ip: str | None) -> str | None:
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
 
 
+def link_target(session: Session, link_id: int) -> str | None:
+    """Where a tracked link goes: always from the database, never from the request."""
+    return session.scalar(select(Link.url).where(Link.id == link_id))
+
+
 def record_click(
     session: Session,
     link_id: int,
@@ -33,7 +38,7 @@ def record_click(
     user_agent: str | None,
 ) -> str | None:
     """Record one click and return where it goes, or None if the link does not exist."""
-    url = session.scalar(select(Link.url).where(Link.id == link_id))
+    url = link_target(session, link_id)
     if url is None:
         return None
     if delivery_id is not None and session.get(Delivery, delivery_id) is None:

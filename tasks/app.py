@@ -48,7 +48,14 @@ app.conf.update(
     broker_transport_options=_transport_options(settings.broker_url),
     timezone="UTC",
     enable_utc=True,
-    beat_schedule={"tick": {"task": "digest.tick", "schedule": settings.tick_seconds}},
+    beat_schedule={
+        "tick": {
+            "task": "digest.tick",
+            "schedule": settings.tick_seconds,
+            # Ticks that could not run in time are worthless: the next one does the same work.
+            "options": {"expires": settings.tick_seconds},
+        }
+    },
 )
 
 

@@ -10,7 +10,10 @@ from sqlalchemy.exc import OperationalError
 from digest import sending
 from digest.db import session_factory
 from digest.editions import prepare_due_editions
-from digest.models import utcnow
+from digest.fetch import Fetcher
+from digest.ingest import IngestError, claim_due_sources, ingest_source
+from digest.mail import TransportUnavailable
+from digest.models import Source, utcnow
 from tasks.app import app, settings
 
 log = get_task_logger(__name__)
@@ -19,30 +22,62 @@ sessions = session_factory(settings.database_url)
 
 @app.task(name="digest.tick")
 def tick() -> None:
-    """The beat's heartbeat: settle overdue rows, prepare due editions, dispatch send batches.
+    """The beat's heartbeat: settle overdue rows, claim due sources, prepare due editions,
+    dispatch ingests and send batches.
 
     Duplicate ticks are harmless: preparing is idempotent and a batch task that finds nothing
     to claim does nothing.
     """
     now = utcnow()
     with sessions() as session:
-        settled = sending.reconcile(session, now)
+        retried = sending.reconcile(session, now)
+        sources = claim_due_sources(session, now)
         prepare_due_editions(session, now)
-        due = sending.editions_to_dispatch(session, now)
-    if any(settled.values()):
-        log.info("reconciled: %s", settled)
-    # Enqueued after the commit above, one message per batch the queue holds.
-    for edition_id, queued in due.items():
-        for _ in range(math.ceil(queued / settings.batch_size)):
-            send_batch.delay(edition_id)
+        due = sending.editions_to_dispatch(session, now, settings.batch_size)
+    # Enqueued after the commits above. One task per source, so a broken or slow source
+    # never holds up the others; one per batch of deliveries to send.
+    for source_id in sources:
+        ingest.delay(source_id)
+    for edition_id, dispatch in due.items():
+        for _ in range(dispatch.tasks):
+            send_batch.delay(edition_id, dispatch.continuing)
+    for edition_id, rows in retried.items():
+        if edition_id not in due:
+            for _ in range(math.ceil(rows / settings.batch_size)):
+                send_batch.delay(edition_id)
 
 
 @app.task(
     name="digest.send_batch",
-    autoretry_for=(OperationalError,),
+    # A database hiccup or a relay that takes nothing: the batch's rows went back to the queue,
+    # so retrying the task is safe. Countdowns stay short (DESIGN rule 4); past the retries the
+    # tick's stall detection dispatches the edition again.
+    autoretry_for=(OperationalError, TransportUnavailable),
     retry_backoff=True,
+    retry_backoff_max=300,
     retry_jitter=True,
     max_retries=5,
 )
-def send_batch(edition_id: int) -> None:
+def send_batch(edition_id: int, continuing: bool = False) -> None:
+    """Send one batch; a continuing task then enqueues its successor while work remains."""
     sending.send_batch(sessions, settings, edition_id)
+    if continuing:
+        with sessions() as session:
+            more = sending.has_claimable(session, edition_id, utcnow())
+        if more:
+            send_batch.delay(edition_id, True)
+
+
+@app.task(name="digest.ingest")
+def ingest(source_id: int) -> None:
+    with sessions() as session, Fetcher.from_settings(settings) as fetcher:
+        source = session.get(Source, source_id)
+        if source is None:
+            return  # removed since the tick claimed it
+        try:
+            result = ingest_source(session, source, fetcher)
+        except IngestError as exc:
+            # Recorded on the source with its backoff; the next due tick tries again.
+            log.warning("source %s failed: %s", source_id, exc)
+            return
+    log.info("source %s: %s", source_id, result)

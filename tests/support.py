@@ -1,7 +1,9 @@
-"""Helpers shared by the tests: service checks, an SMTP sink, a worker process, seed data."""
+"""Helpers shared by the tests: service checks, an SMTP sink, a worker process, seed data, a
+local web site."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -9,18 +11,21 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
 from digest.config import Settings
 from digest.db import session_factory
+from digest.fetch import Fetcher
 from digest.ingest import ingest_source
 from digest.models import utcnow
 from digest.sample_site import demo_newsletter, register_sample_sources
@@ -74,6 +79,10 @@ class SmtpSink:
     # Recipients whose message is accepted and then the connection dropped before the reply to
     # the final dot: the sender cannot know that it was delivered (RFC 1047).
     drop_after_data: set[str] = field(default_factory=set)
+    # Recipient → the reply to its final dot (e.g. "554 5.7.1 Rejected as spam").
+    data_replies: dict[str, str] = field(default_factory=dict)
+    # Recipients whose final dot gets no reply for a long time (a worker can be killed there).
+    stall_data: set[str] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -92,8 +101,13 @@ class SmtpSink:
             self.messages.append(
                 SinkMessage(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
             )
-        if self.drop_after_data & set(envelope.rcpt_tos):
+        rcpts = set(envelope.rcpt_tos)
+        if self.drop_after_data & rcpts:
             server.transport.close()
+        if self.stall_data & rcpts:
+            await asyncio.sleep(120)
+        for rcpt in rcpts & self.data_replies.keys():
+            return self.data_replies[rcpt]
         return "250 Message accepted for delivery"
 
     def by_recipient(self) -> dict[str, list[SinkMessage]]:
@@ -156,7 +170,170 @@ def parse_message(data: bytes) -> EmailMessage:
 
 def seed_sample_site(settings: Settings, subscribers: int) -> int:
     """Ingest the sample site's feeds and subscribe readers; returns the newsletter id."""
-    with session_factory(settings.database_url)() as session:
+    with session_factory(settings.database_url)() as session, Fetcher.from_settings(settings) as f:
         for source in register_sample_sources(session, settings.data_dir / "site", utcnow()):
-            ingest_source(session, source)
+            ingest_source(session, source, f)
         return demo_newsletter(session, subscribers).id
+
+
+class ScriptedSmtp:
+    """A socket-level SMTP peer that answers by a script, to place failures exactly.
+
+    ``script`` maps a stage ("connect", "MAIL", "RCPT", "DATA", "dot") to a reply line, or to
+    "close" to drop the connection at that point. Unscripted stages succeed.
+    """
+
+    def __init__(self, script: dict[str, str]) -> None:
+        self.script = script
+        self.commands: list[str] = []  # the verbs received, upper-cased
+        self.messages = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            with conn, conn.makefile("rb") as lines:
+                self._session(conn, lines)
+
+    def _answer(self, conn: socket.socket, stage: str, default: str) -> bool:
+        reply = self.script.get(stage, default)
+        if reply == "close":
+            return False
+        conn.sendall(reply.encode() + b"\r\n")
+        return True
+
+    def _session(self, conn: socket.socket, lines: Any) -> None:
+        if not self._answer(conn, "connect", "220 scripted ESMTP"):
+            return
+        for raw in lines:
+            verb = raw.decode().strip().split(" ", 1)[0].split(":", 1)[0].upper()
+            self.commands.append(verb)
+            if verb in ("EHLO", "HELO"):
+                conn.sendall(b"250 scripted\r\n")
+            elif verb in ("MAIL", "RCPT"):
+                if not self._answer(conn, verb, "250 OK"):
+                    return
+            elif verb == "DATA":
+                if not self._answer(conn, "DATA", "354 go ahead"):
+                    return
+                if self.script.get("DATA", "354").startswith("354"):
+                    for body in lines:
+                        if body == b".\r\n":
+                            break
+                    self.messages += 1
+                    if not self._answer(conn, "dot", "250 queued"):
+                        return
+            elif verb == "RSET":
+                conn.sendall(b"250 reset\r\n")
+            elif verb == "QUIT":
+                conn.sendall(b"221 bye\r\n")
+                return
+            else:
+                conn.sendall(b"502 unknown\r\n")
+
+
+@dataclass(frozen=True)
+class Page:
+    """One answer of a LocalSite. ``delay`` stalls before answering and ``drip`` between the
+    body's bytes: a server that hangs, and one that trickles so slowly that only a deadline on
+    the whole response stops it."""
+
+    body: bytes = b""
+    status: int = 200
+    headers: Mapping[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    drip: float = 0.0
+
+
+def redirect(location: str, status: int = 302) -> Page:
+    return Page(b"", status, {"Location": location})
+
+
+@dataclass(frozen=True)
+class SeenRequest:
+    path: str
+    headers: Mapping[str, str]
+
+
+class LocalSite:
+    """A real HTTP server on 127.0.0.1 and a free port, serving ``pages`` by path (the query is
+    ignored; an unknown path is a 404) and recording every request it receives.
+
+    It answers conditional GETs as real servers do: 304 when the request's If-None-Match or
+    If-Modified-Since equals the page's ETag or Last-Modified.
+    """
+
+    def __init__(self) -> None:
+        self.pages: dict[str, Page] = {}
+        self.requests: list[SeenRequest] = []
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        site = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                site._answer(self)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self._server.server_address[1]
+        # A short poll keeps shutdown (at every test's teardown) from waiting half a second.
+        threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        ).start()
+
+    def url(self, path: str = "/", host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}{path}"
+
+    def paths(self) -> list[str]:
+        with self._lock:
+            return [r.path for r in self.requests]
+
+    def _answer(self, handler: BaseHTTPRequestHandler) -> None:
+        path = urlsplit(handler.path).path
+        with self._lock:
+            self.requests.append(SeenRequest(path, dict(handler.headers.items())))
+        page = self.pages.get(path, Page(b"not found", 404))
+        if page.delay and self._closing.wait(page.delay):
+            return
+        etag, modified = page.headers.get("ETag"), page.headers.get("Last-Modified")
+        unchanged = (etag is not None and handler.headers.get("If-None-Match") == etag) or (
+            modified is not None and handler.headers.get("If-Modified-Since") == modified
+        )
+        body = b"" if unchanged else page.body
+        handler.send_response(304 if unchanged else page.status)
+        for name, value in page.headers.items():
+            handler.send_header(name, value)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        try:
+            if not page.drip:
+                handler.wfile.write(body)
+                return
+            for offset in range(len(body)):
+                handler.wfile.write(body[offset : offset + 1])
+                handler.wfile.flush()
+                if self._closing.wait(page.drip):
+                    return
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up, which is what a capped fetch should do
+
+    def close(self) -> None:
+        self._closing.set()
+        self._server.shutdown()
+        self._server.server_close()

@@ -19,7 +19,7 @@ from digest.db import session_factory
 from digest.render import environment
 from digest.subscriptions import unsubscribe
 from digest.tokens import TokenSigner
-from digest.tracking import record_click, record_open
+from digest.tracking import link_target, record_click, record_open
 
 # The smallest transparent GIF.
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
@@ -48,11 +48,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def client(request: Request) -> tuple[str | None, str | None]:
         return (request.client.host if request.client else None), request.headers.get("user-agent")
 
-    @app.get("/c/{token}")
+    @app.api_route("/c/{token}", methods=["GET", "HEAD"])
     def click(token: str, request: Request, session: DB) -> Response:
         ids = signer.read_click_token(token)
-        target = ids and record_click(session, *ids, *client(request))
-        if not target:
+        if ids is None:
+            raise HTTPException(status_code=404)
+        # Link checkers and mail scanners probe with HEAD: they get the redirect, no click.
+        if request.method == "HEAD":
+            target = link_target(session, ids[0])
+        else:
+            target = record_click(session, *ids, *client(request))
+        if target is None:
             raise HTTPException(status_code=404)
         return RedirectResponse(target, status_code=302, headers=NO_STORE)
 

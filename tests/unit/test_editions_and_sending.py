@@ -149,9 +149,14 @@ def test_a_batch_that_breaks_gives_back_what_it_never_handed_over(
 
 def test_reconcile_settles_expired_leases_and_due_retries(edition: Edition, sessions) -> None:
     now = utcnow()
+    an_hour_ago = now - timedelta(hours=1)
     with sessions() as session:
-        claimed = sending.claim_batch(session, edition.id, 2, now - timedelta(hours=1))
-        deferred_id = claimed[1]
+        in_window, deferred_id, *untried = sending.claim_batch(session, edition.id, 7, an_hour_ago)
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id == in_window)
+            .values(state=DeliveryState.SENDING, lease_until=an_hour_ago)
+        )
         session.execute(
             update(Delivery)
             .where(Delivery.id == deferred_id)
@@ -159,9 +164,31 @@ def test_reconcile_settles_expired_leases_and_due_retries(edition: Edition, sess
         )
         session.execute(update(Edition).values(dispatched_at=now))
         session.commit()
-        assert sending.reconcile(session, now) == {"expired": 1, "retried": 1}
-        assert session.get_one(Delivery, claimed[0]).state == DeliveryState.UNKNOWN
+
+        assert sending.reconcile(session, now) == {edition.id: 1}
+        assert session.get_one(Delivery, in_window).state == DeliveryState.UNKNOWN
         assert session.get_one(Delivery, deferred_id).state == DeliveryState.QUEUED
-        # The edition is due for dispatch again, so the retried row is picked up.
-        assert sending.editions_to_dispatch(session, now) == {edition.id: SUBSCRIBERS - 1}
-        assert sending.editions_to_dispatch(session, now) == {}
+        # Claimed but never tried by a worker that died: claimable again, not unknown.
+        assert {session.get_one(Delivery, i).state for i in untried} == {DeliveryState.QUEUED}
+        assert set(untried) <= set(sending.claim_batch(session, edition.id, 100, now))
+
+
+def test_dispatch_once_then_only_when_stalled(edition: Edition, sessions) -> None:
+    now = utcnow()
+    with sessions() as session:
+        first = sending.editions_to_dispatch(session, now, batch_size=7)
+        assert first == {edition.id: sending.Dispatch(tasks=3, continuing=False)}
+        assert sending.editions_to_dispatch(session, now, batch_size=7) == {}
+        # Nobody claimed anything for longer than STALL: the messages were lost. A few
+        # self-continuing tasks take the edition up again.
+        later = now + sending.STALL + timedelta(seconds=1)
+        assert sending.editions_to_dispatch(session, later, batch_size=7) == {
+            edition.id: sending.Dispatch(tasks=3, continuing=True)
+        }
+        sending.claim_batch(session, edition.id, 7, later)
+        muchlater = later + sending.STALL + timedelta(seconds=1)
+        session.execute(update(Edition).values(dispatched_at=later))
+        session.commit()
+        # A claim within STALL means a worker is on it: no dispatch.
+        assert sending.editions_to_dispatch(session, later + timedelta(seconds=1), 7) == {}
+        assert edition.id in sending.editions_to_dispatch(session, muchlater, 7)

@@ -165,13 +165,23 @@ def test_outbox_writes_one_file_per_key_atomically(tmp_path, make):
 
     with open_sender(f"file://{outbox}") as sender:
         assert isinstance(sender, Outbox)
-        sender.send("digest@news.example.com", "reader@example.org", first, "12-34")
+        assert sender.send("digest@news.example.com", "reader@example.org", first, "12-34", _go)
         assert (outbox / "12-34.eml").read_bytes() == first
-        sender.send("digest@news.example.com", "reader@example.org", second, "12-34")
+        sender.send("digest@news.example.com", "reader@example.org", second, "12-34", _go)
+        # A delivery cancelled at the last moment writes nothing.
+        assert not sender.send("digest@news.example.com", "x@example.org", first, "99", _stop)
 
     # Dot-files included: the temporary files start with ".tmp-".
     assert [p.name for p in outbox.iterdir()] == ["12-34.eml"]
     assert (outbox / "12-34.eml").read_bytes() == second
+
+
+def _go() -> bool:
+    return True
+
+
+def _stop() -> bool:
+    return False
 
 
 @pytest.mark.parametrize("url", ["ftp://x", "http://mail.example.com", "mailto:x@example.com"])

@@ -1,0 +1,231 @@
+"""What a batch does when things break: the worker dies mid-send, the relay is down, one
+recipient is unsendable, a reader leaves mid-edition; and claims under real concurrency."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, insert, select, update
+
+from digest import sending
+from digest.config import Settings, load_settings
+from digest.db import migrate, session_factory
+from digest.editions import prepare_edition
+from digest.mail import TransportUnavailable
+from digest.models import (
+    Delivery,
+    DeliveryState,
+    Edition,
+    Newsletter,
+    Subscriber,
+    SubscriberStatus,
+    Subscription,
+    utcnow,
+)
+from digest.subscriptions import unsubscribe
+from tests.support import free_port, seed_sample_site, wait_until
+
+SUBSCRIBERS = 6
+
+
+def _prepare(settings: Settings, subscribers: int = SUBSCRIBERS) -> tuple[int, int]:
+    migrate(settings.database_url)
+    newsletter_id = seed_sample_site(settings, subscribers)
+    with session_factory(settings.database_url)() as session:
+        now = utcnow()
+        edition = prepare_edition(
+            session, session.get_one(Newsletter, newsletter_id), now.date(), now
+        )
+        return newsletter_id, edition.id
+
+
+def _states(settings: Settings, edition_id: int) -> dict[str, DeliveryState]:
+    with session_factory(settings.database_url)() as session:
+        rows = session.execute(
+            select(Subscriber.email, Delivery.state)
+            .join(Delivery, Delivery.subscriber_id == Subscriber.id)
+            .where(Delivery.edition_id == edition_id)
+        ).all()
+    return dict(rows)
+
+
+def _send_all(settings: Settings, edition_id: int) -> None:
+    sessions = session_factory(settings.database_url)
+    while sending.send_batch(sessions, settings, edition_id):
+        pass
+
+
+@pytest.fixture
+def smtp_env(env: dict[str, str], smtp_sink) -> dict[str, str]:
+    env["DIGEST_SMTP_URL"] = smtp_sink.url
+    env["DIGEST_BATCH_SIZE"] = "100"
+    return env
+
+
+def test_worker_killed_inside_the_smtp_window(smtp_env, smtp_sink, tmp_path) -> None:
+    """SIGKILL while the relay holds reader003's message and has not answered the final dot:
+    that delivery becomes unknown (never resent); every other one is delivered exactly once."""
+    settings = load_settings(smtp_env)
+    _, edition_id = _prepare(settings)
+    smtp_sink.stall_data.add("reader003@example.org")
+    child_env = {**os.environ, **smtp_env}
+    code = (
+        "from digest.config import load_settings\n"
+        "from digest.db import session_factory\n"
+        "from digest.sending import send_batch\n"
+        "s = load_settings()\n"
+        f"send_batch(session_factory(s.database_url), s, {edition_id})\n"
+    )
+    worker = subprocess.Popen([sys.executable, "-c", code], env=child_env)
+    try:
+        wait_until(
+            lambda: "reader003@example.org" in smtp_sink.by_recipient(), 60, "reader003's DATA"
+        )
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    smtp_sink.stall_data.clear()
+
+    states = _states(settings, edition_id)
+    assert states["reader003@example.org"] == DeliveryState.SENDING
+    assert [states[f"reader00{n}@example.org"] for n in (1, 2)] == [DeliveryState.SENT] * 2
+
+    # Time passes beyond every lease the dead worker held.
+    with session_factory(settings.database_url)() as session:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.lease_until.is_not(None))
+            .values(lease_until=utcnow() - timedelta(seconds=1))
+        )
+        session.commit()
+        assert sending.reconcile(session, utcnow()) == {}
+    # The rows it claimed but never tried were not marked unknown: they go out now.
+    _send_all(settings, edition_id)
+
+    states = _states(settings, edition_id)
+    assert states.pop("reader003@example.org") == DeliveryState.UNKNOWN
+    assert set(states.values()) == {DeliveryState.SENT}
+    assert {rcpt: len(m) for rcpt, m in smtp_sink.by_recipient().items()} == {
+        f"reader00{n}@example.org": 1 for n in range(1, SUBSCRIBERS + 1)
+    }
+
+
+def test_relay_down_charges_nobody(env) -> None:
+    env["DIGEST_SMTP_URL"] = f"smtp://127.0.0.1:{free_port()}"
+    settings = load_settings(env)
+    _, edition_id = _prepare(settings)
+    with pytest.raises(TransportUnavailable):
+        sending.send_batch(session_factory(settings.database_url), settings, edition_id)
+    with session_factory(settings.database_url)() as session:
+        rows = session.scalars(select(Delivery)).all()
+    assert {(r.state, r.attempts, r.lease_until) for r in rows} == {(DeliveryState.QUEUED, 0, None)}
+
+
+def test_one_unsendable_recipient_fails_alone(smtp_env, smtp_sink) -> None:
+    settings = load_settings(smtp_env)
+    newsletter_id, edition_id = _prepare(settings)
+    with session_factory(settings.database_url)() as session:
+        # An address that validation would refuse today but an older import let in.
+        poison = session.scalar(
+            insert(Subscriber)
+            .values(email="josé@example.org", name="", status=SubscriberStatus.ACTIVE,
+                    timezone="UTC", tracking_enabled=True, created_at=utcnow())
+            .returning(Subscriber.id)
+        )  # fmt: skip
+        session.execute(
+            insert(Subscription).values(
+                newsletter_id=newsletter_id, subscriber_id=poison, active=True, created_at=utcnow()
+            )
+        )
+        session.execute(
+            insert(Delivery).values(
+                edition_id=edition_id, subscriber_id=poison, state=DeliveryState.QUEUED,
+                attempts=0, created_at=utcnow(),
+            )
+        )  # fmt: skip
+        session.commit()
+    _send_all(settings, edition_id)
+    states = _states(settings, edition_id)
+    assert states.pop("josé@example.org") == DeliveryState.FAILED
+    assert set(states.values()) == {DeliveryState.SENT}
+    assert len(smtp_sink.by_recipient()) == SUBSCRIBERS
+
+
+def test_rejection_after_the_final_dot_is_not_sent(smtp_env, smtp_sink) -> None:
+    settings = load_settings(smtp_env)
+    _, edition_id = _prepare(settings)
+    smtp_sink.data_replies["reader002@example.org"] = "554 5.7.1 Rejected as spam"
+    smtp_sink.data_replies["reader004@example.org"] = "451 4.7.1 Greylisted, try later"
+    _send_all(settings, edition_id)
+    states = _states(settings, edition_id)
+    assert states["reader002@example.org"] == DeliveryState.FAILED
+    assert states["reader004@example.org"] == DeliveryState.DEFERRED
+    assert states["reader001@example.org"] == DeliveryState.SENT
+
+
+def test_unsubscribe_cancels_what_has_not_gone_out(smtp_env, smtp_sink) -> None:
+    settings = load_settings(smtp_env)
+    newsletter_id, edition_id = _prepare(settings)
+    with session_factory(settings.database_url)() as session:
+        reader = session.scalar(
+            select(Subscriber.id).where(Subscriber.email == "reader002@example.org")
+        )
+        unsubscribe(session, reader, newsletter_id)
+    _send_all(settings, edition_id)
+    assert _states(settings, edition_id)["reader002@example.org"] == DeliveryState.CANCELLED
+    assert "reader002@example.org" not in smtp_sink.by_recipient()
+    assert len(smtp_sink.by_recipient()) == SUBSCRIBERS - 1
+
+
+def test_concurrent_claims_on_postgresql_never_overlap(env, postgres_url) -> None:
+    env["DIGEST_DATABASE_URL"] = postgres_url
+    settings = load_settings(env)
+    _, edition_id = _prepare(settings, subscribers=300)
+    claims: list[list[int]] = []
+    start = threading.Barrier(4)
+
+    def claimer() -> None:
+        with session_factory(postgres_url)() as session:
+            start.wait()
+            while batch := sending.claim_batch(session, edition_id, 7, utcnow()):
+                claims.append(batch)
+
+    threads = [threading.Thread(target=claimer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    claimed = [i for batch in claims for i in batch]
+    assert len(claimed) == len(set(claimed)) == 300
+
+
+def test_two_ticks_preparing_the_same_edition_on_postgresql(env, postgres_url) -> None:
+    env["DIGEST_DATABASE_URL"] = postgres_url
+    settings = load_settings(env)
+    migrate(postgres_url)
+    newsletter_id = seed_sample_site(settings, 50)
+    results: list[int] = []
+    start = threading.Barrier(2)
+
+    def tick() -> None:
+        with session_factory(postgres_url)() as session:
+            newsletter = session.get_one(Newsletter, newsletter_id)
+            now = utcnow()
+            start.wait()
+            results.append(prepare_edition(session, newsletter, now.date(), now).id)
+
+    threads = [threading.Thread(target=tick) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 2 and results[0] == results[1]
+    with session_factory(postgres_url)() as session:
+        assert session.scalar(select(func.count()).select_from(Edition)) == 1
+        assert session.scalar(select(func.count()).select_from(Delivery)) == 50
