@@ -22,6 +22,7 @@ from digest.db import migrate, session_factory
 from digest.editions import NothingToSend, prepare_edition
 from digest.feeds import canonical_url
 from digest.fetch import Fetcher
+from digest.html_lists import Selectors
 from digest.ingest import IngestError, ingest_source
 from digest.models import (
     FINAL_DELIVERY_STATES,
@@ -251,18 +252,25 @@ def sources_add(
     url: str, kind: str, role: str, name: str, interval: int, selectors: str | None
 ) -> None:
     """Add a source; it is fetched at the next beat tick or `digest ingest`."""
-    try:
-        canonical = canonical_url(url)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="URL") from exc
-    if not canonical.startswith(("http://", "https://")) and not url.startswith("file://"):
-        raise click.BadParameter("use an http(s):// URL (or file:// inside the data directory)")
+    hint = "use an http(s):// URL (or file:// inside the data directory)"
+    if url.startswith("file://"):
+        stored_url = url
+    else:
+        try:
+            stored_url = canonical_url(url)
+        except ValueError as exc:
+            raise click.BadParameter(f"{exc}; {hint}", param_hint="URL") from exc
+        if not stored_url.startswith(("http://", "https://")):
+            raise click.BadParameter(hint, param_hint="URL")
     try:
         parsed_selectors = json.loads(selectors) if selectors else None
     except ValueError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--selectors") from exc
+    try:
+        Selectors.from_config(parsed_selectors)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--selectors") from exc
     with _session(_settings()) as session:
-        stored_url = url if url.startswith("file://") else canonical
         if session.scalar(select(Source.id).where(Source.url == stored_url)) is not None:
             raise click.ClickException(f"{stored_url} is a source already")
         source = Source(

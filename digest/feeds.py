@@ -68,6 +68,8 @@ def canonical_url(url: str) -> str:
     parts = urlsplit(url.strip())
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()
+    if not host:
+        raise ValueError(f"{url!r} has no host")
     if ":" in host:
         host = f"[{host}]"  # an IPv6 literal keeps its brackets
     port = parts.port  # ValueError for a port out of range
@@ -176,8 +178,12 @@ def _text(value: object, limit: int) -> str:
 def _image(value: object, base_url: str) -> str | None:
     if not isinstance(value, str) or not value.strip():
         return None
-    url = urljoin(base_url, value.strip())
-    return url[:2048] if urlsplit(url).scheme in ("http", "https") else None
+    try:
+        url = urljoin(base_url, value.strip())
+        scheme = urlsplit(url).scheme
+    except ValueError:  # e.g. a broken IPv6 literal
+        return None
+    return url[:2048] if scheme in ("http", "https") else None
 
 
 def parse_feed(data: bytes, base_url: str) -> list[FeedItem]:

@@ -181,7 +181,7 @@ class Fetcher:
     ) -> tuple[int, dict[str, str], bytes]:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise FetchError(f"{url}: gave up after {self.timeout:.0f}s")
+            raise FetchError(f"{url}: gave up after {self.timeout:g}s")
         timeouts = {"connect": remaining, "read": remaining, "write": remaining, "pool": remaining}
         try:
             with self._pool.stream(
@@ -197,7 +197,7 @@ class Fetcher:
                         if size > self.max_bytes:
                             raise FetchError(f"{url} is larger than {self.max_bytes} bytes")
                         if time.monotonic() > deadline:
-                            raise FetchError(f"{url}: gave up after {self.timeout:.0f}s")
+                            raise FetchError(f"{url}: gave up after {self.timeout:g}s")
                         chunks.append(chunk)
                 return response.status, response_headers, b"".join(chunks)
         except httpcore.TimeoutException as exc:

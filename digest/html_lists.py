@@ -17,6 +17,7 @@ from typing import Any
 
 from selectolax.lexbor import LexborHTMLParser as HTMLParser
 from selectolax.lexbor import LexborNode as Node
+from selectolax.lexbor import SelectolaxError
 
 from digest.feeds import iso_datetime
 from digest.models import SourceRole
@@ -45,17 +46,40 @@ class Selectors:
     section: str = _SECTION_LABEL
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any] | None) -> Selectors:
+    def from_config(cls, config: object) -> Selectors:
+        """Selectors from a source's JSON; ValueError saying what is wrong with it."""
         if not config:
             return cls()
-        lists = config.get("lists")
-        return cls(
-            lists={SourceRole(k): v for k, v in lists.items()} if lists else None,
+        if not isinstance(config, dict):
+            raise ValueError("selectors must be a JSON object")
+        unknown = config.keys() - {"lists", "item", "link", "title", "section"}
+        if unknown:
+            raise ValueError(f"unknown selector keys: {', '.join(sorted(unknown))}")
+        lists = config.get("lists") or {}
+        if not isinstance(lists, dict):
+            raise ValueError('"lists" must map a list name to a CSS selector')
+        roles = {r.value for r in SourceRole}
+        if not lists.keys() <= roles:
+            raise ValueError(f'"lists" names must be among: {", ".join(sorted(roles))}')
+        selectors = cls(
+            lists={SourceRole(k): v for k, v in lists.items()} or None,
             item=config.get("item", "li"),
             link=config.get("link", "a[href]"),
             title=config.get("title"),
             section=config.get("section", _SECTION_LABEL),
         )
+        probe = HTMLParser("<p></p>")
+        for css in [*(selectors.lists or {}).values(), selectors.item, selectors.link,
+                    selectors.title, selectors.section]:  # fmt: skip
+            if css is None:
+                continue
+            if not isinstance(css, str) or not css.strip():
+                raise ValueError(f"{css!r} is not a CSS selector")
+            try:
+                probe.css(css)
+            except SelectolaxError as exc:
+                raise ValueError(f"{css!r} is not a valid CSS selector: {exc}") from exc
+        return selectors
 
 
 @dataclass(frozen=True)
@@ -90,9 +114,20 @@ def _following_list(heading: Node) -> Node | None:
     return None
 
 
+def _inside(node: Node, tags: tuple[str, ...]) -> bool:
+    parent = node.parent
+    while parent is not None:
+        if parent.tag in tags:
+            return True
+        parent = parent.parent
+    return False
+
+
 def _lists_by_heading(tree: HTMLParser) -> Iterator[tuple[SourceRole, Node]]:
     seen: set[int] = set()
     for heading in tree.css(_HEADING_TAGS):
+        if _inside(heading, ("li", "a")):  # a story's own title, not a list's heading
+            continue
         words = _text(heading)
         if len(words) > 60:  # a paragraph with a "title" class, not a heading
             continue
@@ -113,6 +148,7 @@ def parse_lists(html: bytes | str, selectors: Selectors | None = None) -> list[L
     """
     selectors = selectors or Selectors()
     tree = HTMLParser(html)
+    tree.strip_tags(["script", "style", "noscript", "template"])
     if selectors.lists:
         containers = [
             (role, node) for role, css in selectors.lists.items() for node in tree.css(css)
@@ -180,9 +216,9 @@ def _json_ld_article(tree: HTMLParser) -> dict[str, Any]:
         for candidate in candidates:
             if not isinstance(candidate, dict):
                 continue
-            types = candidate.get("@type")
-            types = set(types) if isinstance(types, list) else {types}
-            if types & _ARTICLE_TYPES:
+            declared = candidate.get("@type")
+            types = declared if isinstance(declared, list) else [declared]
+            if _ARTICLE_TYPES & {t for t in types if isinstance(t, str)}:
                 return candidate
     return {}
 

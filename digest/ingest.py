@@ -61,8 +61,12 @@ def _looks_like_html(body: bytes) -> bool:
 def parse_document(source: Source, body: bytes, url: str) -> list[Listed]:
     """The source's items with their lists and ranks; IngestError when there are none."""
     if source.kind == "html":
+        try:
+            selectors = Selectors.from_config(source.selectors)
+        except ValueError as exc:
+            raise IngestError(f"the source's selectors are unusable: {exc}") from exc
         listed = []
-        for link in parse_lists(body, Selectors.from_config(source.selectors)):
+        for link in parse_lists(body, selectors):
             try:
                 story_url = canonical_url(urljoin(url, link.href))
             except ValueError:

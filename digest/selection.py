@@ -36,8 +36,9 @@ def must_reads(session: Session, now: datetime, limit: int) -> list[Story]:
             .where(or_(pinned, listed.c.rank.is_not(None)), Story.published_at <= now)
             .order_by(
                 case((pinned, 0), else_=1),
-                Story.pinned_until.desc(),
-                listed.c.rank,
+                # Only a pin in force counts, and NULLs sort alike on every backend.
+                case((pinned, Story.pinned_until)).desc().nulls_last(),
+                listed.c.rank.nulls_last(),
                 Story.id,
             )
             .limit(limit)

@@ -19,7 +19,14 @@ from sqlalchemy import create_engine, text
 
 from digest.config import Settings, load_settings
 from digest.db import migrate
-from tests.support import SmtpSink, Worker, free_port, require_service, wait_until
+from tests.support import (
+    LocalSite,
+    SmtpSink,
+    Worker,
+    free_port,
+    require_service,
+    wait_until,
+)
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "DIGEST_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -122,3 +129,13 @@ def web_server() -> Iterator[Callable[[Settings], str]]:
     for server, thread in servers:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.fixture
+def local_site() -> Iterator[LocalSite]:
+    """A real HTTP server on 127.0.0.1; tests put pages on it (see tests.support.LocalSite)."""
+    site = LocalSite()
+    try:
+        yield site
+    finally:
+        site.close()
