@@ -24,11 +24,13 @@ from urllib.parse import urlsplit
 import pytest
 
 from digest.config import Settings
-from digest.db import session_factory
+from digest.db import migrate, session_factory
+from digest.editions import prepare_edition
 from digest.fetch import Fetcher
 from digest.ingest import ingest_source
-from digest.models import utcnow
+from digest.models import Edition, Newsletter, utcnow
 from digest.sample_site import demo_newsletter, register_sample_sources
+from digest.sending import send_batch
 
 
 def free_port() -> int:
@@ -170,10 +172,27 @@ def parse_message(data: bytes) -> EmailMessage:
 
 def seed_sample_site(settings: Settings, subscribers: int) -> int:
     """Ingest the sample site's feeds and subscribe readers; returns the newsletter id."""
+    migrate(settings.database_url)
     with session_factory(settings.database_url)() as session, Fetcher.from_settings(settings) as f:
         for source in register_sample_sources(session, settings.data_dir / "site", utcnow()):
             ingest_source(session, source, f)
         return demo_newsletter(session, subscribers).id
+
+
+def prepare_sample_edition(settings: Settings, subscribers: int) -> Edition:
+    """The sample site ingested, ``subscribers`` readers, and today's edition prepared."""
+    newsletter_id = seed_sample_site(settings, subscribers)
+    with session_factory(settings.database_url)() as session:
+        now = utcnow()
+        newsletter = session.get_one(Newsletter, newsletter_id)
+        return prepare_edition(session, newsletter, now.date(), now)
+
+
+def send_until_done(settings: Settings, edition_id: int) -> None:
+    """Send batches in this process until nothing is left to claim."""
+    sessions = session_factory(settings.database_url)
+    while send_batch(sessions, settings, edition_id):
+        pass
 
 
 class ScriptedSmtp:

@@ -11,12 +11,11 @@ from kombu import Connection
 from sqlalchemy import func, select
 
 from digest.config import load_settings
-from digest.db import migrate, session_factory
-from digest.editions import prepare_edition
-from digest.models import FINAL_DELIVERY_STATES, Click, DeliveryState, Link, Newsletter, utcnow
+from digest.db import session_factory
+from digest.models import FINAL_DELIVERY_STATES, Click, DeliveryState, Link
 from digest.sending import delivery_counts
 from tests.conftest import RABBITMQ_URL, REDIS_URL
-from tests.support import parse_message, require_service, seed_sample_site, wait_until
+from tests.support import parse_message, prepare_sample_edition, require_service, wait_until
 
 SUBSCRIBERS = 20
 
@@ -50,13 +49,8 @@ def test_digest_goes_out_once_per_subscriber_and_links_are_tracked(
     stack_env, smtp_sink, start_worker, web_server
 ) -> None:
     settings = load_settings(stack_env)
-    migrate(settings.database_url)
     sessions = session_factory(settings.database_url)
-    newsletter_id = seed_sample_site(settings, SUBSCRIBERS)
-    with sessions() as session:
-        now = utcnow()
-        newsletter = session.get_one(Newsletter, newsletter_id)
-        edition = prepare_edition(session, newsletter, now.date(), now)
+    edition = prepare_sample_edition(settings, SUBSCRIBERS)
 
     worker = start_worker(stack_env)
 

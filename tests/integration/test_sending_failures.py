@@ -29,20 +29,20 @@ from digest.models import (
     utcnow,
 )
 from digest.subscriptions import unsubscribe
-from tests.support import free_port, seed_sample_site, wait_until
+from tests.support import (
+    free_port,
+    prepare_sample_edition,
+    seed_sample_site,
+    send_until_done,
+    wait_until,
+)
 
 SUBSCRIBERS = 6
 
 
 def _prepare(settings: Settings, subscribers: int = SUBSCRIBERS) -> tuple[int, int]:
-    migrate(settings.database_url)
-    newsletter_id = seed_sample_site(settings, subscribers)
-    with session_factory(settings.database_url)() as session:
-        now = utcnow()
-        edition = prepare_edition(
-            session, session.get_one(Newsletter, newsletter_id), now.date(), now
-        )
-        return newsletter_id, edition.id
+    edition = prepare_sample_edition(settings, subscribers)
+    return edition.newsletter_id, edition.id
 
 
 def _states(settings: Settings, edition_id: int) -> dict[str, DeliveryState]:
@@ -53,12 +53,6 @@ def _states(settings: Settings, edition_id: int) -> dict[str, DeliveryState]:
             .where(Delivery.edition_id == edition_id)
         ).all()
     return dict(rows)
-
-
-def _send_all(settings: Settings, edition_id: int) -> None:
-    sessions = session_factory(settings.database_url)
-    while sending.send_batch(sessions, settings, edition_id):
-        pass
 
 
 @pytest.fixture
@@ -106,7 +100,7 @@ def test_worker_killed_inside_the_smtp_window(smtp_env, smtp_sink, tmp_path) -> 
         session.commit()
         assert sending.reconcile(session, utcnow()) == {}
     # The rows it claimed but never tried were not marked unknown: they go out now.
-    _send_all(settings, edition_id)
+    send_until_done(settings, edition_id)
 
     states = _states(settings, edition_id)
     assert states.pop("reader003@example.org") == DeliveryState.UNKNOWN
@@ -150,7 +144,7 @@ def test_one_unsendable_recipient_fails_alone(smtp_env, smtp_sink) -> None:
             )
         )  # fmt: skip
         session.commit()
-    _send_all(settings, edition_id)
+    send_until_done(settings, edition_id)
     states = _states(settings, edition_id)
     assert states.pop("josé@example.org") == DeliveryState.FAILED
     assert set(states.values()) == {DeliveryState.SENT}
@@ -162,7 +156,7 @@ def test_rejection_after_the_final_dot_is_not_sent(smtp_env, smtp_sink) -> None:
     _, edition_id = _prepare(settings)
     smtp_sink.data_replies["reader002@example.org"] = "554 5.7.1 Rejected as spam"
     smtp_sink.data_replies["reader004@example.org"] = "451 4.7.1 Greylisted, try later"
-    _send_all(settings, edition_id)
+    send_until_done(settings, edition_id)
     states = _states(settings, edition_id)
     assert states["reader002@example.org"] == DeliveryState.FAILED
     assert states["reader004@example.org"] == DeliveryState.DEFERRED
@@ -177,7 +171,7 @@ def test_unsubscribe_cancels_what_has_not_gone_out(smtp_env, smtp_sink) -> None:
             select(Subscriber.id).where(Subscriber.email == "reader002@example.org")
         )
         unsubscribe(session, reader, newsletter_id)
-    _send_all(settings, edition_id)
+    send_until_done(settings, edition_id)
     assert _states(settings, edition_id)["reader002@example.org"] == DeliveryState.CANCELLED
     assert "reader002@example.org" not in smtp_sink.by_recipient()
     assert len(smtp_sink.by_recipient()) == SUBSCRIBERS - 1

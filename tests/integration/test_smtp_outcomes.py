@@ -8,10 +8,9 @@ from sqlalchemy import select, update
 
 from digest import sending
 from digest.config import Settings, load_settings
-from digest.db import migrate, session_factory
-from digest.editions import prepare_edition
-from digest.models import Delivery, DeliveryState, Newsletter, Subscriber, utcnow
-from tests.support import seed_sample_site
+from digest.db import session_factory
+from digest.models import Delivery, DeliveryState, Subscriber, utcnow
+from tests.support import prepare_sample_edition, send_until_done
 
 
 def _states_by_email(sessions, edition_id: int) -> dict[str, Delivery]:
@@ -27,19 +26,12 @@ def _states_by_email(sessions, edition_id: int) -> dict[str, Delivery]:
 def test_4xx_defers_5xx_fails_and_a_drop_after_the_dot_is_unknown(env, smtp_sink) -> None:
     env["DIGEST_SMTP_URL"] = smtp_sink.url
     settings: Settings = load_settings(env)
-    migrate(settings.database_url)
     sessions = session_factory(settings.database_url)
-    newsletter_id = seed_sample_site(settings, 5)
     smtp_sink.replies["reader002@example.org"] = "451 4.7.1 Try again later"
     smtp_sink.replies["reader003@example.org"] = "550 5.1.1 No such user"
     smtp_sink.drop_after_data.add("reader004@example.org")
-    with sessions() as session:
-        now = utcnow()
-        newsletter = session.get_one(Newsletter, newsletter_id)
-        edition = prepare_edition(session, newsletter, now.date(), now)
-
-    while sending.send_batch(sessions, settings, edition.id):
-        pass
+    edition = prepare_sample_edition(settings, 5)
+    send_until_done(settings, edition.id)
 
     rows = _states_by_email(sessions, edition.id)
     assert rows["reader001@example.org"].state == DeliveryState.SENT
@@ -63,8 +55,7 @@ def test_4xx_defers_5xx_fails_and_a_drop_after_the_dot_is_unknown(env, smtp_sink
         )
         session.commit()
         assert sending.reconcile(session, utcnow()) == {edition.id: 1}
-    while sending.send_batch(sessions, settings, edition.id):
-        pass
+    send_until_done(settings, edition.id)
     rows = _states_by_email(sessions, edition.id)
     assert rows["reader002@example.org"].state == DeliveryState.SENT
     assert rows["reader002@example.org"].attempts == 2  # the deferral, then the delivery

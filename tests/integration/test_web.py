@@ -9,21 +9,16 @@ from sqlalchemy import func, select
 
 from digest.config import Settings
 from digest.db import session_factory
-from digest.editions import prepare_edition
-from digest.models import Click, Delivery, DeliveryState, Link, Newsletter, Open, utcnow
+from digest.models import Click, Delivery, DeliveryState, Link, Newsletter, Open
 from digest.tokens import CLICK, TokenSigner
-from tests.support import seed_sample_site
+from tests.support import prepare_sample_edition
 
 
 @pytest.fixture
 def site(sqlite_settings: Settings, web_server):
-    newsletter_id = seed_sample_site(sqlite_settings, 2)
+    edition = prepare_sample_edition(sqlite_settings, 2)
     sessions = session_factory(sqlite_settings.database_url)
     with sessions() as session:
-        now = utcnow()
-        edition = prepare_edition(
-            session, session.get_one(Newsletter, newsletter_id), now.date(), now
-        )
         link = session.scalars(select(Link).where(Link.edition_id == edition.id)).first()
         delivery = session.scalars(select(Delivery)).first()
     return (

@@ -25,7 +25,7 @@ from digest.models import (
     utcnow,
 )
 from digest.sample_site import LISTS
-from tests.support import parse_message, seed_sample_site
+from tests.support import parse_message, prepare_sample_edition, seed_sample_site, send_until_done
 
 SUBSCRIBERS = 20
 
@@ -36,12 +36,8 @@ def sessions(sqlite_settings: Settings):
 
 
 @pytest.fixture
-def edition(sqlite_settings: Settings, sessions) -> Edition:
-    newsletter_id = seed_sample_site(sqlite_settings, SUBSCRIBERS)
-    with sessions() as session:
-        newsletter = session.get_one(Newsletter, newsletter_id)
-        now = utcnow()
-        return prepare_edition(session, newsletter, now.date(), now)
+def edition(sqlite_settings: Settings) -> Edition:
+    return prepare_sample_edition(sqlite_settings, SUBSCRIBERS)
 
 
 def _states(sessions, edition_id: int) -> dict[DeliveryState, int]:
@@ -116,8 +112,7 @@ def test_claims_never_overlap(edition: Edition, sessions) -> None:
 def test_batches_send_every_delivery_once_to_the_outbox(
     edition: Edition, sessions, sqlite_settings: Settings
 ) -> None:
-    while sending.send_batch(sessions, sqlite_settings, edition.id):
-        pass
+    send_until_done(sqlite_settings, edition.id)
     assert _states(sessions, edition.id)[DeliveryState.SENT] == SUBSCRIBERS
     files = sorted((sqlite_settings.data_dir / "outbox").glob("*.eml"))
     assert len(files) == SUBSCRIBERS
