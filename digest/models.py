@@ -111,6 +111,13 @@ FINAL_DELIVERY_STATES = (
 )
 
 
+class ClickKind(enum.StrEnum):
+    HUMAN = "human"
+    # Security gateways and link checkers that open every link of a message.
+    SCANNER = "scanner"
+    BOT = "bot"
+
+
 class SocialPostState(enum.StrEnum):
     QUEUED = "queued"
     POSTING = "posting"
@@ -221,6 +228,7 @@ class Newsletter(Base):
     send_hour_utc: Mapped[int | None]
     must_read_limit: Mapped[int] = mapped_column(default=5)
     latest_limit: Mapped[int] = mapped_column(default=10)
+    popular_limit: Mapped[int] = mapped_column(default=5, server_default="5")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -303,6 +311,8 @@ class Click(Base):
     # Truncated before storage (/24 for IPv4, /48 for IPv6): enough for abuse ranges, not people.
     ip_prefix: Mapped[str | None] = mapped_column(String(64))
     user_agent: Mapped[str | None] = mapped_column(String(512))
+    # None for clicks recorded before classification existed.
+    kind: Mapped[ClickKind | None] = mapped_column(_enum(ClickKind))
 
 
 class Open(Base):

@@ -47,7 +47,7 @@ def _states(sessions, edition_id: int) -> dict[DeliveryState, int]:
 
 def test_edition_freezes_must_reads_first_then_latest(edition: Edition, sessions) -> None:
     blocks = edition.content["blocks"]
-    assert [b["key"] for b in blocks] == ["must_reads", "latest"]
+    assert [b["key"] for b in blocks] == ["must_reads", "latest", "popular"]
     must_read_titles = [i["title"] for i in blocks[0]["items"]]
     assert must_read_titles == [s.title for s in LISTS[SourceRole.MUST_READ]]
     latest = [i["title"] for i in blocks[1]["items"]]
