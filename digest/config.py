@@ -33,6 +33,10 @@ class Settings:
     from_address: str
     queue: str
     fetch_allowlist: str
+    api_tokens: tuple[str, ...]
+    tracking: bool
+    tracking_flush_seconds: float
+    tracking_retention_days: int
     batch_size: int
     tick_seconds: float
 
@@ -76,6 +80,13 @@ def _number(
     return value
 
 
+def _switch(env: Mapping[str, str], name: str, default: str) -> bool:
+    raw = env.get(name, default).strip().lower()
+    if raw not in ("on", "off"):
+        raise ConfigError(f"{name}={raw!r} must be on or off")
+    return raw == "on"
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     data_dir = Path(env.get("DIGEST_DATA_DIR", "var")).expanduser().resolve()
@@ -93,6 +104,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         from_address=from_address,
         queue=env.get("DIGEST_QUEUE", "digest"),
         fetch_allowlist=env.get("DIGEST_FETCH_ALLOWLIST", ""),
+        tracking=_switch(env, "DIGEST_TRACKING", "on"),
+        tracking_flush_seconds=_number(env, "DIGEST_TRACKING_FLUSH_MS", "50", float) / 1000,
+        tracking_retention_days=int(_number(env, "DIGEST_TRACKING_RETENTION_DAYS", "395", int)),
+        api_tokens=tuple(
+            t.strip() for t in env.get("DIGEST_API_TOKENS", "").split(",") if t.strip()
+        ),
         batch_size=int(_number(env, "DIGEST_BATCH_SIZE", "100", int)),
         tick_seconds=_number(env, "DIGEST_TICK_SECONDS", "15", float),
     )

@@ -118,6 +118,14 @@ class ClickKind(enum.StrEnum):
     BOT = "bot"
 
 
+class OpenKind(enum.StrEnum):
+    HUMAN = "human"
+    # Fetched ahead of any reading by a privacy proxy (Apple Mail Privacy Protection).
+    PREFETCH = "prefetch"
+    SCANNER = "scanner"
+    BOT = "bot"
+
+
 class SocialPostState(enum.StrEnum):
     QUEUED = "queued"
     POSTING = "posting"
@@ -282,6 +290,8 @@ class Delivery(Base):
     next_attempt_at: Mapped[datetime | None]
     claimed_at: Mapped[datetime | None]
     sent_at: Mapped[datetime | None]
+    # Set when the reader unsubscribed through this message's link or header.
+    unsubscribed_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -313,6 +323,9 @@ class Click(Base):
     user_agent: Mapped[str | None] = mapped_column(String(512))
     # None for clicks recorded before classification existed.
     kind: Mapped[ClickKind | None] = mapped_column(_enum(ClickKind))
+    # Unique per recorded event: replaying the web app's journal after a crash cannot count a
+    # click twice. None for clicks recorded before the journal existed.
+    event_key: Mapped[str | None] = mapped_column(String(64), unique=True)
 
 
 class Open(Base):
@@ -325,6 +338,8 @@ class Open(Base):
     opened_at: Mapped[datetime] = mapped_column(default=utcnow)
     ip_prefix: Mapped[str | None] = mapped_column(String(64))
     user_agent: Mapped[str | None] = mapped_column(String(512))
+    kind: Mapped[OpenKind | None] = mapped_column(_enum(OpenKind))
+    event_key: Mapped[str | None] = mapped_column(String(64), unique=True)
 
 
 class SocialAccount(Base):

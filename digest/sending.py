@@ -186,17 +186,15 @@ class EditionMailer:
 
     def message(self, recipient: Recipient, now: datetime) -> bytes:
         base = self.settings.base_url
+        # Off for this reader or for the whole installation: plain links, no pixel.
+        tracked = recipient.tracking and self.settings.tracking
 
         def href(link_id: int) -> str:
-            if not recipient.tracking:
+            if not tracked:
                 return self.link_urls[link_id]
             return f"{base}/c/{self.signer.click_token(link_id, recipient.delivery_id)}"
 
-        pixel = (
-            f"{base}/o/{self.signer.open_token(recipient.delivery_id)}"
-            if recipient.tracking
-            else None
-        )
+        pixel = f"{base}/o/{self.signer.open_token(recipient.delivery_id)}" if tracked else None
         rendered = render_edition(
             self.newsletter.name,
             self.edition.subject,
@@ -206,9 +204,10 @@ class EditionMailer:
             pixel,
         )
         list_id = f"{self.newsletter.slug}.{self.domain}"
-        unsubscribe = (
-            f"{base}/u/{self.signer.unsubscribe_token(recipient.subscriber_id, self.newsletter.id)}"
+        token = self.signer.unsubscribe_token(
+            recipient.subscriber_id, self.newsletter.id, recipient.delivery_id
         )
+        unsubscribe = f"{base}/u/{token}"
         return compose(
             sender=self.from_address,
             recipient=recipient.email,

@@ -15,6 +15,7 @@ from digest.models import (
     Subscriber,
     SubscriberStatus,
     Subscription,
+    utcnow,
 )
 
 
@@ -56,7 +57,9 @@ def subscribe_active(
     return subscriber
 
 
-def unsubscribe(session: Session, subscriber_id: int, newsletter_id: int) -> Newsletter | None:
+def unsubscribe(
+    session: Session, subscriber_id: int, newsletter_id: int, delivery_id: int | None = None
+) -> Newsletter | None:
     """End the subscription at once; returns the newsletter, or None if it is unknown.
 
     "At once" includes editions already being sent: the subscriber's deliveries that have not
@@ -83,5 +86,17 @@ def unsubscribe(session: Session, subscriber_id: int, newsletter_id: int) -> New
         .values(state=DeliveryState.CANCELLED, last_error="unsubscribed", lease_until=None)
         .execution_options(synchronize_session=False)
     )
+    if delivery_id is not None:
+        # Attributed to the edition the reader left from (once: a second click changes nothing).
+        session.execute(
+            update(Delivery)
+            .where(
+                Delivery.id == delivery_id,
+                Delivery.subscriber_id == subscriber_id,
+                Delivery.unsubscribed_at.is_(None),
+            )
+            .values(unsubscribed_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
     session.commit()
     return session.get(Newsletter, newsletter_id)

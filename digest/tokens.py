@@ -52,15 +52,20 @@ class TokenSigner:
             return None
         return delivery_id if _is_id(delivery_id) else None
 
-    def unsubscribe_token(self, subscriber_id: int, newsletter_id: int) -> str:
-        return self._unsubscribe.dumps([subscriber_id, newsletter_id])
+    def unsubscribe_token(
+        self, subscriber_id: int, newsletter_id: int, delivery_id: int | None = None
+    ) -> str:
+        """The delivery, when given, says which message the reader left through."""
+        ids = [subscriber_id, newsletter_id]
+        return self._unsubscribe.dumps(ids if delivery_id is None else [*ids, delivery_id])
 
-    def read_unsubscribe_token(self, token: str) -> tuple[int, int] | None:
-        """(subscriber id, newsletter id), or None for anything not minted by us."""
+    def read_unsubscribe_token(self, token: str) -> tuple[int, int, int | None] | None:
+        """(subscriber id, newsletter id, delivery id or None), or None for anything not
+        minted by us."""
         try:
-            subscriber_id, newsletter_id = self._unsubscribe.loads(token)
-        except (BadSignature, ValueError, TypeError):
+            ids = self._unsubscribe.loads(token)
+        except BadSignature:
             return None
-        if not _is_id(subscriber_id) or not _is_id(newsletter_id):
+        if not isinstance(ids, list) or len(ids) not in (2, 3) or not all(map(_is_id, ids)):
             return None
-        return subscriber_id, newsletter_id
+        return ids[0], ids[1], ids[2] if len(ids) == 3 else None

@@ -1,7 +1,8 @@
-"""Recording clicks and opens, and telling people apart from machines.
+"""Telling people apart from machines in clicks and opens, and keeping no more than needed.
 
-Each click is stored raw (time, user agent, truncated network) together with the class it got
-when recorded, so reads stay cheap and a better classifier can re-run over the raw fields.
+Each event is stored raw (time, user agent, truncated network) together with the class it got
+when stored (digest.event_journal), so reads stay cheap and a better classifier can re-run over
+the raw fields.
 """
 
 from __future__ import annotations
@@ -10,14 +11,15 @@ import ipaddress
 import re
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from digest.models import Click, ClickKind, Delivery, Link, Open, utcnow
+from digest.models import Click, ClickKind, Link, Open, OpenKind
 
 USER_AGENT_MAX = 512
 # Mail security gateways fetch every link of a message moments after it arrives; people do not.
 SCANNER_WINDOW = timedelta(seconds=30)
+APPLE_PROXIES = ipaddress.ip_network("17.0.0.0/8")
 _SCANNER_AGENTS = re.compile(
     r"barracuda|mimecast|proofpoint|safelinks|microsoft office protection|"
     r"forcepoint|trendmicro|symantec|messagelabs|fortiguard|cisco|ironport|sophos",
@@ -57,49 +59,48 @@ def classify_click(
     return ClickKind.HUMAN
 
 
+def classify_open(
+    user_agent: str | None, ip_prefix: str | None, opened_at: datetime, sent_at: datetime | None
+) -> OpenKind:
+    """Apple Mail Privacy Protection fetches every image of every message through Apple's
+    proxies (17.0.0.0/8) with a bare "Mozilla/5.0" user agent, read or not: such an open says
+    nothing about a reader and is counted apart."""
+    agent = (user_agent or "").strip()
+    if _SCANNER_AGENTS.search(agent):
+        return OpenKind.SCANNER
+    if agent == "Mozilla/5.0" or _in_apple_proxy_range(ip_prefix):
+        return OpenKind.PREFETCH
+    if not agent or _BOT_AGENTS.search(agent):
+        return OpenKind.BOT
+    if sent_at is not None and opened_at - sent_at < SCANNER_WINDOW:
+        return OpenKind.SCANNER
+    return OpenKind.HUMAN
+
+
+def _in_apple_proxy_range(ip_prefix: str | None) -> bool:
+    if not ip_prefix:
+        return False
+    try:
+        return ipaddress.ip_network(ip_prefix).subnet_of(APPLE_PROXIES)  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        return False
+
+
+def purge_personal_data(session: Session, before: datetime) -> int:
+    """Strip the network and user agent from events older than the retention window. The
+    events and their classes stay, so past editions keep their numbers."""
+    purged = 0
+    for model, at in ((Click, Click.clicked_at), (Open, Open.opened_at)):
+        purged += session.execute(
+            update(model)
+            .where(at < before, or_(model.ip_prefix.is_not(None), model.user_agent.is_not(None)))
+            .values(ip_prefix=None, user_agent=None)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+    session.commit()
+    return purged
+
+
 def link_target(session: Session, link_id: int) -> str | None:
     """Where a tracked link goes: always from the database, never from the request."""
     return session.scalar(select(Link.url).where(Link.id == link_id))
-
-
-def record_click(
-    session: Session,
-    link_id: int,
-    delivery_id: int | None,
-    ip: str | None,
-    user_agent: str | None,
-) -> str | None:
-    """Record one click and return where it goes, or None if the link does not exist."""
-    url = link_target(session, link_id)
-    if url is None:
-        return None
-    delivery = session.get(Delivery, delivery_id) if delivery_id is not None else None
-    now = utcnow()
-    agent = (user_agent or "")[:USER_AGENT_MAX] or None
-    session.add(
-        Click(
-            link_id=link_id,
-            # An erased delivery leaves the click counted for the link only.
-            delivery_id=delivery.id if delivery else None,
-            clicked_at=now,
-            ip_prefix=truncate_ip(ip),
-            user_agent=agent,
-            kind=classify_click(agent, now, delivery.sent_at if delivery else None),
-        )
-    )
-    session.commit()
-    return url
-
-
-def record_open(session: Session, delivery_id: int, ip: str | None, user_agent: str | None) -> None:
-    if session.get(Delivery, delivery_id) is None:
-        return
-    session.add(
-        Open(
-            delivery_id=delivery_id,
-            opened_at=utcnow(),
-            ip_prefix=truncate_ip(ip),
-            user_agent=(user_agent or "")[:USER_AGENT_MAX] or None,
-        )
-    )
-    session.commit()

@@ -54,7 +54,8 @@ app.conf.update(
             "schedule": settings.tick_seconds,
             # Ticks that could not run in time are worthless: the next one does the same work.
             "options": {"expires": settings.tick_seconds},
-        }
+        },
+        "purge-tracking": {"task": "digest.purge_tracking", "schedule": 24 * 3600},
     },
 )
 

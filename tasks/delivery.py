@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from datetime import timedelta
 
 from celery.utils.log import get_task_logger
 from sqlalchemy.exc import OperationalError
@@ -14,6 +15,7 @@ from digest.fetch import Fetcher
 from digest.ingest import IngestError, claim_due_sources, ingest_source
 from digest.mail import TransportUnavailable
 from digest.models import Source, utcnow
+from digest.tracking import purge_personal_data
 from tasks.app import app, settings
 
 log = get_task_logger(__name__)
@@ -81,3 +83,12 @@ def ingest(source_id: int) -> None:
             log.warning("source %s failed: %s", source_id, exc)
             return
     log.info("source %s: %s", source_id, result)
+
+
+@app.task(name="digest.purge_tracking")
+def purge_tracking() -> None:
+    """Daily: personal data of tracking events older than DIGEST_TRACKING_RETENTION_DAYS."""
+    cutoff = utcnow() - timedelta(days=settings.tracking_retention_days)
+    with sessions() as session:
+        purged = purge_personal_data(session, cutoff)
+    log.info("purged personal data from %d tracking events before %s", purged, cutoff)

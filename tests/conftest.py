@@ -51,6 +51,8 @@ def env(data_dir: Path) -> dict[str, str]:
         "DIGEST_QUEUE": "digest-test-" + uuid.uuid4().hex[:8],
         "DIGEST_TICK_SECONDS": "2",
         "DIGEST_BATCH_SIZE": "7",
+        # Tracking events reach the database within this; tests wait on it, not on 50 ms.
+        "DIGEST_TRACKING_FLUSH_MS": "10",
     }
 
 

@@ -164,6 +164,14 @@ class Worker:
         self.log.close()
 
 
+def settled_count(count: Callable[[], int], expected: int, what: str) -> None:
+    """Wait for ``count`` to reach ``expected``, then make sure it stays there for a while
+    (tracking events are stored by a background flush, so "nothing more" takes a moment)."""
+    wait_until(lambda: count() == expected, 10, what)
+    time.sleep(0.3)
+    assert count() == expected, f"{what}: changed after settling"
+
+
 def parse_message(data: bytes) -> EmailMessage:
     message = BytesParser(policy=policy.default).parsebytes(data)
     assert isinstance(message, EmailMessage)

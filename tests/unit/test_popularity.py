@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
 
 from digest.db import session_factory
+from digest.event_journal import Event, store
 from digest.models import Click, ClickKind, Delivery, Link, SourceRole, Story, utcnow
 from digest.sample_site import LISTS
 from digest.selection import popular
-from digest.tracking import SCANNER_WINDOW, classify_click, record_click
+from digest.tracking import SCANNER_WINDOW, classify_click
 from tests.support import prepare_sample_edition
 
 NOW = utcnow()
@@ -45,6 +47,10 @@ def test_scanner_window_is_seconds_not_minutes() -> None:
     assert timedelta(minutes=1) >= SCANNER_WINDOW
 
 
+def click(link_id: int, delivery_id: int | None, ip_prefix: str, agent: str) -> Event:
+    return Event(uuid.uuid4().hex, "clicks", utcnow(), delivery_id, link_id, ip_prefix, agent)
+
+
 def test_human_clicks_lead_popular_now_and_machines_count_for_nothing(sqlite_settings) -> None:
     edition = prepare_sample_edition(sqlite_settings, 3)
     sessions = session_factory(sqlite_settings.database_url)
@@ -54,11 +60,11 @@ def test_human_clicks_lead_popular_now_and_machines_count_for_nothing(sqlite_set
         links = session.scalars(select(Link).where(Link.edition_id == edition.id)).all()
         deliveries = session.scalars(select(Delivery.id)).all()
         liked, scanned = links[-1], links[-2]
-        for delivery_id in deliveries:  # three readers click one story, twice each
-            for _ in range(2):
-                record_click(session, liked.id, delivery_id, "198.51.100.7", BROWSER)
-        for _ in range(10):  # a crawler hammers another
-            record_click(session, scanned.id, None, "203.0.113.9", "Googlebot/2.1")
+        clicks = [  # three readers click one story, twice each; a crawler hammers another
+            *(click(liked.id, d, "198.51.100.0/24", BROWSER) for d in deliveries for _ in "ab"),
+            *(click(scanned.id, None, "203.0.113.0/24", "Googlebot/2.1") for _ in range(10)),
+        ]
+        store(session, clicks)
         kinds = sorted(k.value for k in session.scalars(select(Click.kind)))
         assert kinds == ["bot"] * 10 + ["human"] * 6
 

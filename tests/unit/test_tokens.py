@@ -46,7 +46,7 @@ PURPOSES = {
     "click": Purpose(TokenSigner.click_token, "click", (41, 7)),
     "click-no-delivery": Purpose(TokenSigner.click_token, "click", (41, None)),
     "open": Purpose(TokenSigner.open_token, "open", (7,)),
-    "unsubscribe": Purpose(TokenSigner.unsubscribe_token, "unsubscribe", (3, 9)),
+    "unsubscribe": Purpose(TokenSigner.unsubscribe_token, "unsubscribe", (3, 9, 27)),
 }
 CROSSED = [(p, r) for p, purpose in PURPOSES.items() for r in READERS if r != purpose.reader]
 
@@ -157,7 +157,8 @@ def test_validly_signed_payload_of_wrong_shape_is_rejected(salt, reader, payload
     [
         (CLICK, TokenSigner.read_click_token, [1, None], (1, None)),
         (OPEN, TokenSigner.read_open_token, 7, 7),
-        (UNSUBSCRIBE, TokenSigner.read_unsubscribe_token, [1, 2], (1, 2)),
+        (UNSUBSCRIBE, TokenSigner.read_unsubscribe_token, [1, 2], (1, 2, None)),
+        (UNSUBSCRIBE, TokenSigner.read_unsubscribe_token, [1, 2, 3], (1, 2, 3)),
     ],
 )
 def test_hand_signed_payload_of_right_shape_is_accepted(salt, reader, payload, expected):

@@ -1,0 +1,82 @@
+"""The JSON API (under /api, in the app's OpenAPI document). Every route needs a bearer token
+from DIGEST_API_TOKENS; with none configured the API answers 503, so it is never open by
+accident."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from digest.config import Settings
+from digest.stats import EditionNotFound, EditionReport, edition_report, to_csv
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def require_token(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    tokens = _settings(request).api_tokens
+    if not tokens:
+        raise HTTPException(503, "the API is disabled: set DIGEST_API_TOKENS to enable it")
+    given = credentials.credentials.encode() if credentials else b""
+    # Compare against every token in constant time, so timing reveals neither token nor match.
+    if not any([hmac.compare_digest(given, token.encode()) for token in tokens]):
+        raise HTTPException(401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"})
+
+
+def api_session(request: Request) -> Iterator[Session]:
+    with request.app.state.sessions() as session:
+        yield session
+
+
+ApiSession = Annotated[Session, Depends(api_session)]
+
+router = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
+
+
+def _report(session: Session, edition_id: int) -> EditionReport:
+    try:
+        return edition_report(session, edition_id)
+    except EditionNotFound as exc:
+        raise HTTPException(404, str(exc)) from exc
+
+
+@router.get("/editions/{edition_id}/stats", responses={404: {"description": "No such edition"}})
+def get_edition_stats(edition_id: int, session: ApiSession) -> EditionReport:
+    """The edition's summary, then per story (in sending order), per link and per section.
+
+    Human numbers are the headline; machine traffic is reported per kind beside it. "Unique"
+    counts distinct deliveries, "total" every recorded event. Rates are fractions (0.25 = 25%)
+    or null when their denominator is zero. Bounces and complaints are not processed yet and so
+    are absent, not zero.
+    """
+    return _report(session, edition_id)
+
+
+@router.get(
+    "/editions/{edition_id}/stats.csv",
+    response_class=Response,
+    responses={
+        200: {"content": {"text/csv": {}}, "description": "Per-story then per-link rows"},
+        404: {"description": "No such edition"},
+    },
+)
+def get_edition_stats_csv(edition_id: int, session: ApiSession) -> Response:
+    """The same rows as `digest stats EDITION_ID --csv`."""
+    return Response(
+        to_csv(_report(session, edition_id)),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="edition-{edition_id}-stats.csv"'},
+    )
