@@ -20,11 +20,13 @@ A segment is locked (flock) by the process writing it; a lock held means "owner 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import itertools
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -169,6 +171,14 @@ def recover(directory: Path, sessions: sessionmaker[Session]) -> int:
             with sessions() as session:
                 replayed += store(session, read_segment(path))
             path.unlink(missing_ok=True)
+    for path in directory.glob(".*.tmp"):
+        # A segment its process died creating, before any event went into it.
+        with contextlib.suppress(FileNotFoundError), path.open("r") as file:
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            path.unlink(missing_ok=True)
     if replayed:
         log.warning("replayed %d tracking events left by a process that stopped", replayed)
     return replayed
@@ -189,6 +199,8 @@ class EventJournal:
         self._batch: list[Event] = []
         # Segments rotated out but not yet stored (the database may have been down).
         self._pending: list[tuple[_Segment, list[Event]]] = []
+        # A flush cancelled at shutdown keeps running in its thread; the final flush waits.
+        self._storing = threading.Lock()
 
     def _open(self) -> _Segment:
         return _Segment.create(self.directory, f"{self._id}-{next(self._segments)}")
@@ -211,13 +223,14 @@ class EventJournal:
         """Insert every rotated batch; safe to run in a worker thread. A failure leaves the
         batches pending (and their segments on disk) for the next call."""
         stored = 0
-        while self._pending:
-            segment, events = self._pending[0]
-            with self.sessions() as session:
-                stored += store(session, events)
-            segment.close()
-            segment.path.unlink(missing_ok=True)
-            self._pending.pop(0)
+        with self._storing:
+            while self._pending:
+                segment, events = self._pending[0]
+                with self.sessions() as session:
+                    stored += store(session, events)
+                segment.close()
+                segment.path.unlink(missing_ok=True)
+                self._pending.pop(0)
         return stored
 
     def close(self) -> None:
