@@ -35,6 +35,8 @@ from digest.models import (
 )
 from digest.sample_site import demo_newsletter, register_sample_sources
 from digest.sending import delivery_counts
+from digest.stats import EditionNotFound, edition_report, to_csv
+from digest.stats_table import render_table
 
 DEMO_WAIT_SECONDS = 180
 
@@ -179,7 +181,7 @@ def _summary(
     if settings.smtp_url.startswith("file://") and outbox.is_dir():
         first = min(outbox.glob(f"{edition.id}-*.eml"), default=None)
         if first is not None:
-            message = BytesParser(policy=policy.default).parse(first.open("rb"))
+            message = BytesParser(policy=policy.default).parsebytes(first.read_bytes())
             body = message.get_body(("plain",))
             link = next(
                 (w for w in (body.get_content() if body else "").split() if "/c/" in w), None
@@ -384,3 +386,33 @@ def stories_unpin(url: str) -> None:
         story.pinned_until = None
         session.commit()
         click.echo(f"unpinned: {story.title}")
+
+
+@main.command()
+@click.argument("edition_id", type=int)
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(dir_okay=False, writable=True, allow_dash=True, path_type=Path),
+    default=None,
+    help="Write per-story and per-link rows as CSV to FILE, or to standard output with -.",
+)
+def stats(edition_id: int, csv_path: Path | None) -> None:
+    """An edition's deliveries, opens, clicks and unsubscribes; people apart from machines."""
+    with _session(_settings()) as session:
+        try:
+            report = edition_report(session, edition_id)
+        except EditionNotFound as exc:
+            raise click.ClickException(str(exc)) from exc
+    if csv_path is not None and str(csv_path) == "-":
+        # Only the CSV on standard output, so it can be piped straight into another tool.
+        click.echo(to_csv(report), nl=False)
+        return
+    click.echo(render_table(report))
+    if csv_path is not None:
+        try:
+            # newline="": the csv module already ends rows with CRLF (RFC 4180).
+            csv_path.write_text(to_csv(report), encoding="utf-8", newline="")
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {csv_path}: {exc}") from exc
+        click.echo(f"CSV written to {csv_path}")

@@ -50,12 +50,16 @@ class EditionNotFound(LookupError):
 
 @dataclass(frozen=True)
 class Tally:
+    """Events of one kind: distinct deliveries that had one, and all of them."""
+
     unique: int  # distinct deliveries with at least one such event
     total: int  # every recorded event
 
 
 @dataclass(frozen=True)
 class EditionStats:
+    """An edition's headline numbers: people first, machines per kind beside them."""
+
     edition_id: int
     subject: str
     issue_date: date
@@ -79,9 +83,15 @@ class EditionStats:
 
 @dataclass(frozen=True)
 class ClickCounts:
-    unique_human: int = 0
-    total_human: int = 0
-    non_human: int = 0  # every scanner, bot and unclassified click
+    """Clicks on one story, link or section: readers (distinct deliveries), their clicks, and
+    every scanner, bot and unclassified click."""
+
+    unique_human: int
+    total_human: int
+    non_human: int
+
+
+NO_CLICKS = ClickCounts(0, 0, 0)
 
 
 @dataclass(frozen=True)
@@ -113,6 +123,8 @@ class SectionStats:
 
 @dataclass(frozen=True)
 class EditionReport:
+    """The summary, then per story and link in sending order, then per section."""
+
     edition: EditionStats
     stories: list[StoryStats]
     links: list[LinkStats]
@@ -246,9 +258,7 @@ def _links(
     ).all()
     # In the order the edition shows them; links outside the stories (if any) after, by id.
     rows.sort(key=lambda row: (position.get(row.id, len(position)), row.id))
-    return [
-        LinkStats(row.id, row.story_id, row.url, clicks.get(row.id, ClickCounts())) for row in rows
-    ]
+    return [LinkStats(row.id, row.story_id, row.url, clicks.get(row.id, NO_CLICKS)) for row in rows]
 
 
 def _stories(
@@ -263,7 +273,7 @@ def _stories(
             item.title,
             item.section,
             urls.get(item.link_id, ""),
-            clicks.get(item.link_id, ClickCounts()),
+            clicks.get(item.link_id, NO_CLICKS),
         )
         for item in items
     ]

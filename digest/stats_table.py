@@ -1,20 +1,16 @@
-"""``digest stats EDITION_ID``: an edition's numbers as a table, or as CSV.
-
-Registered on the ``digest`` group when digest.cli imports this module.
-"""
+"""An edition's numbers as a table for the terminal (``digest stats``)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 
-import click
-
-from digest.cli import _session, _settings, main
 from digest.models import ClickKind
-from digest.stats import EditionNotFound, EditionReport, EditionStats, edition_report, to_csv
+from digest.stats import EditionReport, EditionStats
 
 TITLE_WIDTH = 60
+SECTION_WIDTH = 13
+COUNT_HEADERS = ("Human", "Total", "Machine")
+COUNT_WIDTH = 9
 
 
 def _percent(rate: float | None) -> str:
@@ -50,47 +46,26 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _row(number: object, section: str, title: str, *counts: object) -> str:
+    cells = "".join(f"{count:>{COUNT_WIDTH}}" for count in counts)
+    section, title = _clip(section, SECTION_WIDTH), _clip(title, TITLE_WIDTH)
+    return f"{number:>3}  {section:<{SECTION_WIDTH}} {title:<{TITLE_WIDTH}}{cells}"
+
+
 def render_table(report: EditionReport) -> str:
     """The summary, then one row per story in the order the edition showed them."""
-    lines = _summary_lines(report.edition)
-    story = "Story"
-    lines += ["", f"  #  {'Section':<10} {story:<{TITLE_WIDTH}}  Human  Total  Machine"]
+    lines = [*_summary_lines(report.edition), "", _row("#", "Section", "Story", *COUNT_HEADERS)]
     for number, story in enumerate(report.stories, 1):
         c = story.clicks
         lines.append(
-            f"{number:>3}  {_clip(story.section or '-', 10):<10} "
-            f"{_clip(story.title, TITLE_WIDTH):<{TITLE_WIDTH}} "
-            f"{c.unique_human:>6} {c.total_human:>6} {c.non_human:>8}"
+            _row(
+                number,
+                story.section or "-",
+                story.title,
+                c.unique_human,
+                c.total_human,
+                c.non_human,
+            )
         )
     lines.append("Human = readers who clicked (unique), Total = their clicks, Machine = the rest.")
     return "\n".join(lines)
-
-
-@main.command()
-@click.argument("edition_id", type=int)
-@click.option(
-    "--csv",
-    "csv_path",
-    type=click.Path(dir_okay=False, writable=True, allow_dash=True, path_type=Path),
-    default=None,
-    help="Write per-story and per-link rows as CSV to FILE, or to standard output with -.",
-)
-def stats(edition_id: int, csv_path: Path | None) -> None:
-    """An edition's deliveries, opens, clicks and unsubscribes; people apart from machines."""
-    with _session(_settings()) as session:
-        try:
-            report = edition_report(session, edition_id)
-        except EditionNotFound as exc:
-            raise click.ClickException(str(exc)) from exc
-    if csv_path is not None and str(csv_path) == "-":
-        # Only the CSV on standard output, so it can be piped straight into another tool.
-        click.echo(to_csv(report), nl=False)
-        return
-    click.echo(render_table(report))
-    if csv_path is not None:
-        try:
-            # newline="": the csv module already ends rows with CRLF (RFC 4180).
-            csv_path.write_text(to_csv(report), encoding="utf-8", newline="")
-        except OSError as exc:
-            raise click.ClickException(f"cannot write {csv_path}: {exc}") from exc
-        click.echo(f"CSV written to {csv_path}")
