@@ -305,6 +305,10 @@ class Link(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     edition_id: Mapped[int | None] = mapped_column(ForeignKey("editions.id", ondelete="CASCADE"))
     story_id: Mapped[int | None] = mapped_column(ForeignKey("stories.id", ondelete="SET NULL"))
+    # A shared link's post: social clicks land in the same tables as email clicks.
+    social_post_id: Mapped[int | None] = mapped_column(
+        ForeignKey("social_posts.id", ondelete="CASCADE"), unique=True
+    )
     url: Mapped[str] = mapped_column(String(4096))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -13,7 +13,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from digest.config import Settings
-from digest.stats import EditionNotFound, EditionReport, edition_report, to_csv
+from digest.stats import (
+    EditionNotFound,
+    EditionReport,
+    SocialReport,
+    edition_report,
+    social_report,
+    to_csv,
+)
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -80,3 +87,11 @@ def get_edition_stats_csv(edition_id: int, session: ApiSession) -> Response:
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="edition-{edition_id}-stats.csv"'},
     )
+
+
+@router.get("/social/stats")
+def get_social_stats(session: ApiSession) -> SocialReport:
+    """Clicks on every social post's tracked link, per post and per account. Human clicks are
+    the headline; shared links have no delivery, so "human_networks" (distinct truncated
+    networks) approximates how many people clicked."""
+    return social_report(session)
