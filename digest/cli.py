@@ -22,8 +22,10 @@ from digest.db import migrate, session_factory
 from digest.editions import NothingToSend, prepare_edition
 from digest.feeds import canonical_url
 from digest.fetch import Fetcher
+from digest.health import OK, readiness
 from digest.html_lists import Selectors
 from digest.ingest import IngestError, ingest_source
+from digest.logs import configure_logging
 from digest.models import (
     FINAL_DELIVERY_STATES,
     DeliveryState,
@@ -42,10 +44,13 @@ DEMO_WAIT_SECONDS = 180
 
 
 def _settings() -> Settings:
+    """The settings, and this command's logging set up from them."""
     try:
-        return load_settings()
+        settings = load_settings()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
+    configure_logging(settings)
+    return settings
 
 
 def _celery(*args: str) -> list[str]:
@@ -84,30 +89,46 @@ def web(host: str, port: int, workers: int) -> None:
         port=port,
         workers=workers,
         access_log=False,
+        # Ours (digest.logs, set up by create_app in each worker process), not uvicorn's.
+        log_config=None,
     )
 
 
 @main.command()
 @click.option("--concurrency", default=2, show_default=True, type=int)
-@click.option("--beat/--no-beat", default=False, help="Also run the scheduler in this process.")
-@click.option("--loglevel", default="INFO", show_default=True)
-def worker(concurrency: int, beat: bool, loglevel: str) -> None:
-    """Run a Celery worker (sends digests)."""
+@click.option(
+    "--beat/--no-beat",
+    default=False,
+    help="Also run the scheduler in this process (it stands by while another beat runs).",
+)
+def worker(concurrency: int, beat: bool) -> None:
+    """Run a Celery worker (sends digests). Logs as DIGEST_LOG_FORMAT and DIGEST_LOG_LEVEL say."""
     settings = _settings()
     migrate(settings.database_url)
-    args = ["worker", "--concurrency", str(concurrency), "--loglevel", loglevel]
+    args = ["worker", "--concurrency", str(concurrency)]
     if beat:
         args += ["--beat", "--schedule", str(settings.data_dir / "celerybeat-schedule")]
     os.execv(sys.executable, _celery(*args))
 
 
 @main.command()
-@click.option("--loglevel", default="INFO", show_default=True)
-def beat(loglevel: str) -> None:
-    """Run the scheduler. Run exactly one."""
+def beat() -> None:
+    """Run the scheduler. A second beat stands by until the first stops (a lock)."""
     settings = _settings()
     schedule = str(settings.data_dir / "celerybeat-schedule")
-    os.execv(sys.executable, _celery("beat", "--schedule", schedule, "--loglevel", loglevel))
+    os.execv(sys.executable, _celery("beat", "--schedule", schedule))
+
+
+@main.command()
+def health() -> None:
+    """Readiness of this installation: exits 0 when the database and the broker answer, 1 if
+    not (the container health check of the worker and the beat)."""
+    settings = _settings()
+    checks = readiness(settings, session_factory(settings.database_url))
+    for dependency, state in checks.items():
+        click.echo(f"{dependency}: {state}")
+    if any(state != OK for state in checks.values()):
+        raise SystemExit(1)
 
 
 def _run_worker_until_sent(settings: Settings, session: Session, edition: Edition) -> None:
@@ -117,7 +138,7 @@ def _run_worker_until_sent(settings: Settings, session: Session, edition: Editio
     total = sum(delivery_counts(session, edition.id).values())
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            _celery("worker", "--concurrency", "2", "--loglevel", "INFO"),
+            _celery("worker", "--concurrency", "2"),
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -39,6 +39,8 @@ class Settings:
     tracking_retention_days: int
     batch_size: int
     tick_seconds: float
+    log_format: str
+    log_level: str
 
     @property
     def sender_domain(self) -> str:
@@ -80,11 +82,15 @@ def _number(
     return value
 
 
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name, default).strip()
+    if raw.lower() not in choices:
+        raise ConfigError(f"{name}={raw!r} must be one of: {', '.join(choices)}")
+    return raw.lower()
+
+
 def _switch(env: Mapping[str, str], name: str, default: str) -> bool:
-    raw = env.get(name, default).strip().lower()
-    if raw not in ("on", "off"):
-        raise ConfigError(f"{name}={raw!r} must be on or off")
-    return raw == "on"
+    return _choice(env, name, default, ("on", "off")) == "on"
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -112,4 +118,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         batch_size=int(_number(env, "DIGEST_BATCH_SIZE", "100", int)),
         tick_seconds=_number(env, "DIGEST_TICK_SECONDS", "15", float),
+        log_format=_choice(env, "DIGEST_LOG_FORMAT", "text", ("text", "json")),
+        log_level=_choice(
+            env, "DIGEST_LOG_LEVEL", "info", ("debug", "info", "warning", "error")
+        ).upper(),
     )

@@ -289,7 +289,8 @@ class Delivery(Base):
     lease_until: Mapped[datetime | None]
     next_attempt_at: Mapped[datetime | None]
     claimed_at: Mapped[datetime | None]
-    sent_at: Mapped[datetime | None]
+    # Indexed for the send rate that /metrics reports (deliveries sent in the last minute).
+    sent_at: Mapped[datetime | None] = mapped_column(index=True)
     # Set when the reader unsubscribed through this message's link or header.
     unsubscribed_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
@@ -378,3 +379,15 @@ class SocialPost(Base):
     posted_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TaskFailure(Base):
+    """Failed Celery tasks counted per task name, for /metrics: workers run on other machines
+    than the web app that serves the metrics, and the database is what they all share."""
+
+    __tablename__ = "task_failures"
+
+    task: Mapped[str] = mapped_column(String(200), primary_key=True)
+    failures: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_failed_at: Mapped[datetime]
+    last_error: Mapped[str | None] = mapped_column(Text)

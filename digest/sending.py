@@ -38,6 +38,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest.config import Settings
+from digest.logs import log_context
 from digest.mail import (
     PermanentError,
     Sender,
@@ -245,16 +246,20 @@ def _hand_over(
         ):
             return None
     except UncertainOutcome as exc:
+        log.warning("delivery %s: outcome unknown, not resent: %s", delivery_id, exc)
         _settle(session, delivery_id, DeliveryState.UNKNOWN, last_error=str(exc))
         return DeliveryState.UNKNOWN
     except PermanentError as exc:
+        log.warning("delivery %s failed: %s", delivery_id, exc)
         _settle(session, delivery_id, DeliveryState.FAILED, last_error=str(exc))
         return DeliveryState.FAILED
     except TransientError as exc:
         attempts = session.scalar(select(Delivery.attempts).where(Delivery.id == delivery_id))
         if attempts is None or attempts + 1 >= MAX_ATTEMPTS:
+            log.warning("delivery %s failed after %s attempts: %s", delivery_id, attempts, exc)
             _settle(session, delivery_id, DeliveryState.FAILED, last_error=str(exc))
             return DeliveryState.FAILED
+        log.info("delivery %s deferred: %s", delivery_id, exc)
         _settle(
             session,
             delivery_id,
@@ -267,13 +272,30 @@ def _hand_over(
     return DeliveryState.SENT
 
 
+def _build_and_hand_over(
+    session: Session, mailer: EditionMailer, sender: Sender, recipient: Recipient
+) -> DeliveryState | None:
+    try:
+        message = mailer.message(recipient, utcnow())
+    except (ValueError, LookupError, TypeError, TemplateError) as exc:
+        log.error("delivery %s cannot be built: %r", recipient.delivery_id, exc)
+        _settle(
+            session,
+            recipient.delivery_id,
+            DeliveryState.FAILED,
+            last_error=f"message could not be built: {exc!r}",
+        )
+        return DeliveryState.FAILED
+    return _hand_over(session, mailer, sender, recipient, message)
+
+
 def send_batch(
     sessions: sessionmaker[Session], settings: Settings, edition_id: int
 ) -> Counter[DeliveryState]:
     """Claim and send the next batch of the edition; returns the outcomes (empty when there
     was nothing left to claim). Raises TransportUnavailable when the relay takes nothing."""
     outcomes: Counter[DeliveryState] = Counter()
-    with sessions() as session:
+    with log_context(edition_id=edition_id), sessions() as session:
         untried = claim_batch(session, edition_id, settings.batch_size, utcnow())
         if not untried:
             return outcomes
@@ -293,19 +315,8 @@ def send_batch(
             ]
             with open_sender(settings.smtp_url) as sender:
                 for recipient in recipients:
-                    try:
-                        message = mailer.message(recipient, utcnow())
-                    except (ValueError, LookupError, TypeError, TemplateError) as exc:
-                        log.error("delivery %s cannot be built: %r", recipient.delivery_id, exc)
-                        _settle(
-                            session,
-                            recipient.delivery_id,
-                            DeliveryState.FAILED,
-                            last_error=f"message could not be built: {exc!r}",
-                        )
-                        outcome: DeliveryState | None = DeliveryState.FAILED
-                    else:
-                        outcome = _hand_over(session, mailer, sender, recipient, message)
+                    with log_context(delivery_id=recipient.delivery_id):
+                        outcome = _build_and_hand_over(session, mailer, sender, recipient)
                     untried.remove(recipient.delivery_id)
                     if outcome is not None:
                         outcomes[outcome] += 1

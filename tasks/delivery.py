@@ -13,6 +13,7 @@ from digest.db import session_factory
 from digest.editions import prepare_due_editions
 from digest.fetch import Fetcher
 from digest.ingest import IngestError, claim_due_sources, ingest_source
+from digest.logs import log_context
 from digest.mail import TransportUnavailable
 from digest.models import Source, utcnow
 from digest.tracking import purge_personal_data
@@ -72,7 +73,11 @@ def send_batch(edition_id: int, continuing: bool = False) -> None:
 
 @app.task(name="digest.ingest")
 def ingest(source_id: int) -> None:
-    with sessions() as session, Fetcher.from_settings(settings) as fetcher:
+    with (
+        log_context(source_id=source_id),
+        sessions() as session,
+        Fetcher.from_settings(settings) as fetcher,
+    ):
         source = session.get(Source, source_id)
         if source is None:
             return  # removed since the tick claimed it
@@ -82,7 +87,7 @@ def ingest(source_id: int) -> None:
             # Recorded on the source with its backoff; the next due tick tries again.
             log.warning("source %s failed: %s", source_id, exc)
             return
-    log.info("source %s: %s", source_id, result)
+        log.info("source %s: %s", source_id, result)
 
 
 @app.task(name="digest.purge_tracking")

@@ -85,6 +85,8 @@ class SmtpSink:
     data_replies: dict[str, str] = field(default_factory=dict)
     # Recipients whose final dot gets no reply for a long time (a worker can be killed there).
     stall_data: set[str] = field(default_factory=set)
+    # Seconds every final dot waits for its reply: a relay slow enough to stop a worker mid-batch.
+    data_delay: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -108,6 +110,7 @@ class SmtpSink:
             server.transport.close()
         if self.stall_data & rcpts:
             await asyncio.sleep(120)
+        await asyncio.sleep(self.data_delay)
         for rcpt in rcpts & self.data_replies.keys():
             return self.data_replies[rcpt]
         return "250 Message accepted for delivery"
@@ -142,8 +145,6 @@ class Worker:
                 str(Path(env["DIGEST_DATA_DIR"]) / "celerybeat-schedule"),
                 "--concurrency",
                 "2",
-                "--loglevel",
-                "INFO",
             ],
             env=full_env,
             stdout=self.log,

@@ -23,8 +23,7 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse
-from sqlalchemy import text
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -33,6 +32,10 @@ from digest import __version__
 from digest.config import Settings, load_settings
 from digest.db import session_factory
 from digest.event_journal import Event, EventJournal, recover
+from digest.health import OK, UNAVAILABLE, readiness
+from digest.logs import configure_logging
+from digest.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from digest.metrics import render as render_metrics
 from digest.models import utcnow
 from digest.render import environment
 from digest.subscriptions import unsubscribe
@@ -207,6 +210,8 @@ async def _flush_forever(journal: EventJournal, interval: float) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
+    # Each web worker process is started afresh by uvicorn: its logging is set up here.
+    configure_logging(settings)
     sessions: sessionmaker[Session] = session_factory(settings.database_url)
     signer = TokenSigner(settings.secret_keys)
     links = LinkCache(sessions)
@@ -265,8 +270,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return page("unsubscribe.html", token=token, done=True, newsletter=newsletter)
 
     @app.get("/healthz")
-    def healthz(session: DB) -> dict[str, str]:
-        session.execute(text("SELECT 1"))
-        return {"status": "ok"}
+    def healthz() -> dict[str, str]:
+        """Liveness: the process answers. Nothing else is asked (see digest.health)."""
+        return {"status": OK}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        checks = await run_in_threadpool(readiness, settings, sessions)
+        ready = all(state == OK for state in checks.values())
+        body = {"status": OK if ready else UNAVAILABLE, "checks": checks}
+        return JSONResponse(body, status_code=200 if ready else 503, headers=NO_STORE)
+
+    @app.get("/metrics", dependencies=[Depends(api.require_token)])
+    async def metrics() -> Response:
+        body = await run_in_threadpool(render_metrics, settings, sessions)
+        return Response(body, media_type=METRICS_CONTENT_TYPE, headers=NO_STORE)
 
     return app

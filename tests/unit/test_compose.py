@@ -270,9 +270,16 @@ def test_service_healthy_conditions_have_a_healthcheck() -> None:
                 assert "healthcheck" in services()[dependency], f"{name} -> {dependency}"
 
 
-def test_web_healthcheck_hits_healthz() -> None:
+def test_web_healthcheck_asks_readiness() -> None:
     test = services()["web"]["healthcheck"]["test"]
-    assert "/healthz" in (test if isinstance(test, str) else " ".join(test))
+    assert "/readyz" in (test if isinstance(test, str) else " ".join(test))
+
+
+@pytest.mark.parametrize("name", ["worker", "beat"])
+def test_worker_and_beat_healthchecks_run_digest_health(name: str) -> None:
+    test = services()[name]["healthcheck"]["test"]
+    assert test[0] == "CMD", f"{name}: the health check should run without a shell"
+    assert assert_digest_subcommand(test[1:], f"{name} healthcheck") == "health"
 
 
 @pytest.mark.parametrize("name", built_service_names())

@@ -118,3 +118,24 @@ def test_sender_domain(base_env, from_address, domain):
     base_env["DIGEST_FROM"] = from_address
 
     assert load_settings(base_env).sender_domain == domain
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DIGEST_TRACKING", "yes"),
+        ("DIGEST_LOG_FORMAT", "xml"),
+        ("DIGEST_LOG_LEVEL", "verbose"),
+    ],
+)
+def test_unknown_choice_is_an_error_listing_the_choices(base_env, name, value):
+    base_env[name] = value
+
+    with pytest.raises(ConfigError, match=rf"{name}='{value}' must be one of: "):
+        load_settings(base_env)
+
+
+def test_log_settings_are_case_insensitive(base_env):
+    base_env.update(DIGEST_LOG_FORMAT="JSON", DIGEST_LOG_LEVEL="Warning")
+    settings = load_settings(base_env)
+    assert (settings.log_format, settings.log_level) == ("json", "WARNING")
