@@ -21,11 +21,12 @@ from digest.config import Settings, load_settings
 from digest.db import migrate
 from tests.support import (
     LocalSite,
+    Service,
     SmtpSink,
-    Worker,
     free_port,
     require_service,
     wait_until,
+    worker_command,
 )
 
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -95,17 +96,23 @@ def smtp_sink() -> Iterator[SmtpSink]:
 
 
 @pytest.fixture
-def start_worker(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Worker]]:
-    workers: list[Worker] = []
+def start_service(tmp_path: Path) -> Iterator[Callable[[list[str], dict[str, str]], Service]]:
+    """Start product processes (tests.support.Service); all are stopped afterwards."""
+    services: list[Service] = []
 
-    def start(env: dict[str, str]) -> Worker:
-        worker = Worker(env, tmp_path / f"worker-{len(workers)}.log")
-        workers.append(worker)
-        return worker
+    def start(command: list[str], env: dict[str, str]) -> Service:
+        service = Service(command, env, tmp_path / f"service-{len(services)}.log")
+        services.append(service)
+        return service
 
     yield start
-    for worker in workers:
-        worker.stop()
+    for service in services:
+        service.stop()
+
+
+@pytest.fixture
+def start_worker(start_service) -> Callable[[dict[str, str]], Service]:
+    return lambda env: start_service(worker_command(env), env)
 
 
 @pytest.fixture

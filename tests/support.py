@@ -124,35 +124,32 @@ class SmtpSink:
         return result
 
 
-class Worker:
-    """``celery worker`` in a subprocess, as production runs it."""
+class Service:
+    """A product process (a worker, a beat) in a subprocess, as production runs it, with its
+    output in a log file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, command: list[str], env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
         full_env.update(env)
         self.log = log_path.open("w")
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "tasks.app",
-                "worker",
-                "--beat",
-                "--schedule",
-                str(Path(env["DIGEST_DATA_DIR"]) / "celerybeat-schedule"),
-                "--concurrency",
-                "2",
-            ],
-            env=full_env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
+            command, env=full_env, stdout=self.log, stderr=subprocess.STDOUT
         )
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def says(self, phrase: str) -> Callable[[], bool]:
+        """A wait_until predicate: the phrase is in the output (failing if the process died
+        without saying it)."""
+
+        def check() -> bool:
+            said = phrase in self.output()
+            assert said or self.proc.poll() is None, self.output()
+            return said
+
+        return check
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -163,6 +160,13 @@ class Worker:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+def worker_command(env: dict[str, str]) -> list[str]:
+    """``celery worker`` with its embedded beat, as a development install runs it."""
+    schedule = Path(env["DIGEST_DATA_DIR"]) / "celerybeat-schedule"
+    return [sys.executable, "-m", "celery", "-A", "tasks.app", "worker", "--beat",
+            "--schedule", str(schedule), "--concurrency", "2"]  # fmt: skip
 
 
 def settled_count(count: Callable[[], int], expected: int, what: str) -> None:

@@ -26,6 +26,7 @@ from digest.models import FINAL_DELIVERY_STATES, Delivery, DeliveryState, Subscr
 from digest.sending import delivery_counts
 from tests.conftest import RABBITMQ_URL
 from tests.support import (
+    Service,
     free_port,
     parse_message,
     prepare_sample_edition,
@@ -252,43 +253,9 @@ def test_sigterm_lets_the_running_batch_finish(env, smtp_sink, start_worker, rem
 # --- one beat -----------------------------------------------------------------------------
 
 
-class Beat:
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self.log = log_path.open("w")
-        self.proc = subprocess.Popen(
-            [DIGEST, "beat"], env=_child_env(env), stdout=self.log, stderr=subprocess.STDOUT
-        )
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def says(self, phrase: str) -> Callable[[], bool]:
-        def check() -> bool:
-            assert self.proc.poll() is None or phrase in self.output(), self.output()
-            return phrase in self.output()
-
-        return check
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self.log.close()
-
-
 @pytest.fixture
-def start_beat(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Beat]]:
-    beats: list[Beat] = []
-
-    def start(env: dict[str, str]) -> Beat:
-        beat = Beat(env, tmp_path / f"beat-{len(beats)}.log")
-        beats.append(beat)
-        return beat
-
-    yield start
-    for beat in beats:
-        beat.stop()
+def start_beat(start_service) -> Callable[[dict[str, str]], Service]:
+    return lambda env: start_service([DIGEST, "beat"], env)
 
 
 ACQUIRED = "beat lock acquired"
@@ -311,7 +278,7 @@ def test_a_second_beat_stands_by_and_takes_over(request, env, start_beat, databa
     wait_until(lambda: first.output().count(TICKING) >= ticks + 3, 30, "more ticks")
     assert TICKING not in second.output() and ACQUIRED not in second.output()
 
-    first.proc.kill()  # dies without releasing anything itself
+    first.proc.kill()  # dies without releasing anything itself (SIGKILL)
     first.proc.wait()
     wait_until(second.says(TICKING), 30, "the second beat to take over")
     assert ACQUIRED in second.output()
