@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email import policy
 from email.parser import BytesParser
@@ -19,7 +20,15 @@ from sqlalchemy.orm import Session
 
 from digest.config import ConfigError, Settings, load_settings
 from digest.db import migrate, session_factory
-from digest.editions import NothingToSend, prepare_edition
+from digest.edition_control import (
+    EditionStateError,
+    EditionStatus,
+    cancel,
+    edition_status,
+    pause,
+    resume,
+)
+from digest.editions import EditionNotFound, NothingToSend, prepare_edition
 from digest.feeds import canonical_url
 from digest.fetch import Fetcher
 from digest.health import OK, readiness
@@ -37,7 +46,7 @@ from digest.models import (
 )
 from digest.sample_site import demo_newsletter, register_sample_sources
 from digest.sending import delivery_counts
-from digest.stats import EditionNotFound, edition_report, to_csv
+from digest.stats import edition_report, to_csv
 from digest.stats_table import render_table
 
 DEMO_WAIT_SECONDS = 180
@@ -446,3 +455,60 @@ def stats(edition_id: int, csv_path: Path | None) -> None:
         except OSError as exc:
             raise click.ClickException(f"cannot write {csv_path}: {exc}") from exc
         click.echo(f"CSV written to {csv_path}")
+
+
+@main.group()
+def editions() -> None:
+    """An edition in flight: status, pause, resume, cancel."""
+
+
+def _status_line(status: EditionStatus) -> str:
+    counts = " · ".join(f"{state} {n:,}" for state, n in status.counts.items() if n)
+    eta = f"{status.eta_seconds:,.0f} s" if status.eta_seconds is not None else "-"
+    return (
+        f"edition {status.edition_id} ({status.subject}): {status.state}\n"
+        f"  progress {status.done:,}/{status.total:,} ({status.progress:.0%})  {counts}\n"
+        f"  rate {status.rate_per_second:,.1f}/s  ETA {eta}"
+    )
+
+
+def _control(
+    action: Callable[[Session, int, datetime], EditionStatus], edition_id: int
+) -> EditionStatus:
+    with _session(_settings()) as session:
+        try:
+            status = action(session, edition_id, utcnow())
+        except (EditionNotFound, EditionStateError) as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(_status_line(status))
+    return status
+
+
+@editions.command("status")
+@click.argument("edition_id", type=int)
+@click.option("--watch", is_flag=True, help="Print the status every 2 s until sending stops.")
+def editions_status(edition_id: int, watch: bool) -> None:
+    """Progress (final deliveries of all), counts by state, send rate and ETA."""
+    while _control(edition_status, edition_id).state == "sending" and watch:
+        time.sleep(2)
+
+
+@editions.command("pause")
+@click.argument("edition_id", type=int)
+def editions_pause(edition_id: int) -> None:
+    """Claim no further batch (one in flight finishes) until resume."""
+    _control(pause, edition_id)
+
+
+@editions.command("resume")
+@click.argument("edition_id", type=int)
+def editions_resume(edition_id: int) -> None:
+    """Send the rest, from the next beat tick."""
+    _control(resume, edition_id)
+
+
+@editions.command("cancel")
+@click.argument("edition_id", type=int)
+def editions_cancel(edition_id: int) -> None:
+    """Cancel every delivery not yet handed to the relay; what is sent stays sent."""
+    _control(cancel, edition_id)

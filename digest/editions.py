@@ -35,6 +35,17 @@ class NothingToSend(Exception):
     """No story qualifies for the edition; nothing was written."""
 
 
+class EditionNotFound(LookupError):
+    """There is no edition with this id."""
+
+
+def load_edition(session: Session, edition_id: int) -> Edition:
+    edition = session.get(Edition, edition_id)
+    if edition is None:
+        raise EditionNotFound(f"there is no edition {edition_id}")
+    return edition
+
+
 def with_utm(url: str, source: str, medium: str, campaign: str) -> str:
     """Add UTM parameters once, when the link row is created; the site's own are kept."""
     parts = urlsplit(url)

@@ -268,6 +268,9 @@ class Edition(Base):
     prepared_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Last time send tasks were put on the broker; the reconciler re-dispatches stalled editions.
     dispatched_at: Mapped[datetime | None]
+    # While set, no batch of this edition is claimed (one in flight finishes).
+    paused_at: Mapped[datetime | None]
+    cancelled_at: Mapped[datetime | None]
 
     newsletter: Mapped[Newsletter] = relationship()
 

@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 from email.utils import parseaddr
 
 from jinja2 import TemplateError
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -71,9 +71,12 @@ class Recipient:
 
 
 def _claimable(now: datetime) -> ColumnElement[bool]:
+    # The edition's pause is part of the row's claimability, so that claiming, dispatching and
+    # a batch's "is there more?" all respect it alike.
     return and_(
         Delivery.state == DeliveryState.QUEUED,
         or_(Delivery.lease_until.is_(None), Delivery.lease_until < now),
+        ~exists().where(Edition.id == Delivery.edition_id, Edition.paused_at.is_not(None)),
     )
 
 

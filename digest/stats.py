@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, case, distinct, func, select
 from sqlalchemy.orm import Session
 
+from digest.editions import load_edition
 from digest.models import (
     Click,
     ClickKind,
@@ -45,10 +46,6 @@ from digest.models import (
 # The kind reported for events recorded before classification existed: not people, not proven
 # machines, so shown on their own rather than guessed into either.
 UNCLASSIFIED = "unclassified"
-
-
-class EditionNotFound(LookupError):
-    """There is no edition with this id."""
 
 
 @dataclass(frozen=True)
@@ -142,13 +139,6 @@ class _Item:
     link_id: int
     title: str
     section: str
-
-
-def _load(session: Session, edition_id: int) -> Edition:
-    edition = session.get(Edition, edition_id)
-    if edition is None:
-        raise EditionNotFound(f"there is no edition {edition_id}")
-    return edition
 
 
 def _items(edition: Edition) -> list[_Item]:
@@ -309,17 +299,17 @@ def _sections(session: Session, edition: Edition, items: list[_Item]) -> list[Se
 
 def edition_stats(session: Session, edition_id: int) -> EditionStats:
     """The edition's headline numbers; raises EditionNotFound."""
-    return _summary(session, _load(session, edition_id))
+    return _summary(session, load_edition(session, edition_id))
 
 
 def link_stats(session: Session, edition_id: int) -> list[LinkStats]:
-    edition = _load(session, edition_id)
+    edition = load_edition(session, edition_id)
     return _links(session, edition, _items(edition), _link_clicks(session, edition_id))
 
 
 def story_stats(session: Session, edition_id: int) -> list[StoryStats]:
     """Per story, in the edition's frozen order."""
-    edition = _load(session, edition_id)
+    edition = load_edition(session, edition_id)
     items = _items(edition)
     clicks = _link_clicks(session, edition_id)
     return _stories(items, _links(session, edition, items, clicks), clicks)
@@ -327,13 +317,13 @@ def story_stats(session: Session, edition_id: int) -> list[StoryStats]:
 
 def section_stats(session: Session, edition_id: int) -> list[SectionStats]:
     """Per section, in order of first appearance in the edition."""
-    edition = _load(session, edition_id)
+    edition = load_edition(session, edition_id)
     return _sections(session, edition, _items(edition))
 
 
 def edition_report(session: Session, edition_id: int) -> EditionReport:
     """Everything at once, sharing the per-link query between stories and links."""
-    edition = _load(session, edition_id)
+    edition = load_edition(session, edition_id)
     items = _items(edition)
     clicks = _link_clicks(session, edition_id)
     links = _links(session, edition, items, clicks)

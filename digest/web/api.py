@@ -5,16 +5,26 @@ accident."""
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from digest.config import Settings
+from digest.edition_control import (
+    EditionStateError,
+    EditionStatus,
+    cancel,
+    edition_status,
+    pause,
+    resume,
+)
+from digest.editions import EditionNotFound
+from digest.models import utcnow
 from digest.stats import (
-    EditionNotFound,
     EditionReport,
     SocialReport,
     edition_report,
@@ -95,3 +105,45 @@ def get_social_stats(session: ApiSession) -> SocialReport:
     the headline; shared links have no delivery, so "human_networks" (distinct truncated
     networks) approximates how many people clicked."""
     return social_report(session)
+
+
+def _control(
+    action: Callable[[Session, int, datetime], EditionStatus], session: Session, edition_id: int
+) -> EditionStatus:
+    try:
+        return action(session, edition_id, utcnow())
+    except EditionNotFound as exc:
+        raise HTTPException(404, str(exc)) from exc
+    except EditionStateError as exc:
+        raise HTTPException(409, str(exc)) from exc
+
+
+_CONTROL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"description": "No such edition"},
+    409: {"description": "The edition is cancelled or finished"},
+}
+
+
+@router.get("/editions/{edition_id}/status", responses={404: {"description": "No such edition"}})
+def get_edition_status(edition_id: int, session: ApiSession) -> EditionStatus:
+    """Progress, counts by delivery state, send rate over the last minute and ETA (null when
+    not sending). `state` is sending, paused, sent or cancelled."""
+    return _control(edition_status, session, edition_id)
+
+
+@router.post("/editions/{edition_id}/pause", responses=_CONTROL_RESPONSES)
+def post_edition_pause(edition_id: int, session: ApiSession) -> EditionStatus:
+    """No further batch is claimed (one in flight finishes) until resume."""
+    return _control(pause, session, edition_id)
+
+
+@router.post("/editions/{edition_id}/resume", responses=_CONTROL_RESPONSES)
+def post_edition_resume(edition_id: int, session: ApiSession) -> EditionStatus:
+    """The rest is sent from the next beat tick."""
+    return _control(resume, session, edition_id)
+
+
+@router.post("/editions/{edition_id}/cancel", responses=_CONTROL_RESPONSES)
+def post_edition_cancel(edition_id: int, session: ApiSession) -> EditionStatus:
+    """Every delivery not yet handed to the relay is cancelled; what is sent stays sent."""
+    return _control(cancel, session, edition_id)

@@ -12,12 +12,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from digest.config import Settings
 from digest.db import engine_for, session_factory
+from digest.editions import EditionNotFound
 from digest.models import Click, ClickKind, Delivery, DeliveryState, Open, OpenKind, utcnow
 from digest.stats import (
     CSV_COLUMNS,
     NO_CLICKS,
     ClickCounts,
-    EditionNotFound,
     Tally,
     edition_report,
     edition_stats,
