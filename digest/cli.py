@@ -465,8 +465,9 @@ def editions() -> None:
 def _status_line(status: EditionStatus) -> str:
     counts = " · ".join(f"{state} {n:,}" for state, n in status.counts.items() if n)
     eta = f"{status.eta_seconds:,.0f} s" if status.eta_seconds is not None else "-"
+    why = f" ({status.pause_reason})" if status.state == "paused" else ""
     return (
-        f"edition {status.edition_id} ({status.subject}): {status.state}\n"
+        f"edition {status.edition_id} ({status.subject}): {status.state}{why}\n"
         f"  progress {status.done:,}/{status.total:,} ({status.progress:.0%})  {counts}\n"
         f"  rate {status.rate_per_second:,.1f}/s  ETA {eta}"
     )

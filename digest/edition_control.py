@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from digest.editions import load_edition
 from digest.models import FINAL_DELIVERY_STATES, Delivery, DeliveryState, Edition
-from digest.sending import delivery_counts
+from digest.sending import delivery_counts, pause_edition
 
 RATE_WINDOW = timedelta(minutes=1)
 
@@ -37,6 +37,7 @@ class EditionStatus:
     rate_per_second: float
     eta_seconds: float | None
     paused_at: datetime | None
+    pause_reason: str | None
     cancelled_at: datetime | None
 
     @property
@@ -74,6 +75,7 @@ def edition_status(session: Session, edition_id: int, now: datetime) -> EditionS
         rate_per_second=rate,
         eta_seconds=remaining / rate if state == "sending" and rate > 0 else None,
         paused_at=edition.paused_at,
+        pause_reason=edition.pause_reason,
         cancelled_at=edition.cancelled_at,
     )
 
@@ -97,10 +99,9 @@ def _open_edition(session: Session, edition_id: int, action: str) -> Edition:
 
 def pause(session: Session, edition_id: int, now: datetime) -> EditionStatus:
     """No further batch is claimed until resume; pausing a paused edition changes nothing."""
-    edition = _open_edition(session, edition_id, "paused")
-    if edition.paused_at is None:
-        edition.paused_at = now
-        session.commit()
+    _open_edition(session, edition_id, "paused")
+    pause_edition(session, edition_id, now, "paused by an editor")
+    session.expire_all()
     return edition_status(session, edition_id, now)
 
 
@@ -109,6 +110,7 @@ def resume(session: Session, edition_id: int, now: datetime) -> EditionStatus:
     edition = _open_edition(session, edition_id, "resumed")
     if edition.paused_at is not None:
         edition.paused_at = None
+        edition.pause_reason = None
         # Never dispatched, as far as the tick is concerned: it gets its full set of tasks.
         edition.dispatched_at = None
         session.commit()
@@ -132,6 +134,6 @@ def cancel(session: Session, edition_id: int, now: datetime) -> EditionStatus:
             .execution_options(synchronize_session=False)
         )
         edition.cancelled_at = now
-        edition.paused_at = None
+        edition.paused_at = edition.pause_reason = None
         session.commit()
     return edition_status(session, edition_id, now)

@@ -270,6 +270,8 @@ class Edition(Base):
     dispatched_at: Mapped[datetime | None]
     # While set, no batch of this edition is claimed (one in flight finishes).
     paused_at: Mapped[datetime | None]
+    # Who or what paused it: an editor, or the sending engine after too many errors.
+    pause_reason: Mapped[str | None] = mapped_column(Text)
     cancelled_at: Mapped[datetime | None]
 
     newsletter: Mapped[Newsletter] = relationship()

@@ -57,6 +57,11 @@ LEASE = timedelta(minutes=10)
 STALL = timedelta(minutes=5)
 MAX_ATTEMPTS = 5
 RETRY_BASE = timedelta(minutes=5)
+# A batch of at least this many attempts in which at least this share did not go out (failed,
+# deferred or unknown) pauses its edition until someone looks (``digest editions resume``).
+AUTO_PAUSE_MIN_ATTEMPTS = 20
+AUTO_PAUSE_SHARE = 0.5
+
 # When an edition's send messages were lost, this many self-continuing tasks take it up again:
 # enough to keep a few workers busy, few enough that a false alarm costs nothing.
 RECOVERY_TASKS = 4
@@ -334,8 +339,36 @@ def send_batch(
                 log.exception(
                     "could not release %d deliveries; their lease frees them", len(untried)
                 )
+        reason = _auto_pause_reason(outcomes)
+        if reason is not None:
+            log.error("edition %s paused: %s", edition_id, reason)
+            pause_edition(session, edition_id, utcnow(), reason)
     log.info("edition %s batch: %s", edition_id, dict(outcomes))
     return outcomes
+
+
+def _auto_pause_reason(outcomes: Counter[DeliveryState]) -> str | None:
+    """Why the edition should stop, if this batch says so: when most of a batch does not go
+    out, carrying on burns the sender's reputation (or the relay's patience) for nothing."""
+    attempts = sum(outcomes.values())
+    missed = attempts - outcomes[DeliveryState.SENT]
+    if attempts < AUTO_PAUSE_MIN_ATTEMPTS or missed < attempts * AUTO_PAUSE_SHARE:
+        return None
+    detail = ", ".join(f"{n} {state}" for state, n in sorted(outcomes.items()) if n)
+    return f"too many errors: {missed} of {attempts} in one batch did not go out ({detail})"
+
+
+def pause_edition(session: Session, edition_id: int, now: datetime, reason: str) -> bool:
+    """Stop claiming the edition's batches; False if it was already paused or cancelled."""
+    paused = session.execute(
+        update(Edition)
+        .where(Edition.id == edition_id, Edition.paused_at.is_(None))
+        .where(Edition.cancelled_at.is_(None))
+        .values(paused_at=now, pause_reason=reason)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    session.commit()
+    return bool(paused)
 
 
 def reconcile(session: Session, now: datetime) -> dict[int, int]:

@@ -16,7 +16,7 @@ from digest.config import Settings, load_settings
 from digest.db import session_factory
 from digest.edition_control import EditionStateError, cancel, edition_status, pause, resume
 from digest.editions import EditionNotFound
-from digest.models import Edition, utcnow
+from digest.models import DeliveryState, Edition, utcnow
 from tests.support import prepare_sample_edition, send_until_done, wait_until
 
 TOKEN = "control-test-token"
@@ -143,3 +143,37 @@ def test_status_fields_in_the_api(env, web_server) -> None:
     assert status["state"] == "sending" and status["eta_seconds"] is None
     assert set(status) >= {"edition_id", "subject", "total", "done", "counts", "rate_per_second"}
     assert status["counts"]["queued"] == 4
+
+
+def test_a_batch_that_mostly_fails_pauses_its_edition(env, smtp_sink) -> None:
+    env.update(DIGEST_SMTP_URL=smtp_sink.url, DIGEST_BATCH_SIZE="25")
+    settings = load_settings(env)
+    edition = prepare_sample_edition(settings, 40)
+    for n in range(1, 14):  # 13 of the first batch's 25 refused for now
+        smtp_sink.replies[f"reader{n:03d}@example.org"] = "451 4.7.1 Try again later"
+    sessions = _sessions(settings)
+    outcomes = sending.send_batch(sessions, settings, edition.id)
+    assert sum(outcomes.values()) == 25
+    with sessions() as session:
+        status = edition_status(session, edition.id, utcnow())
+    assert status.state == "paused"
+    assert status.pause_reason == (
+        "too many errors: 13 of 25 in one batch did not go out (13 deferred, 12 sent)"
+    )
+    # Nothing more goes out until someone has looked and resumed.
+    assert sending.send_batch(sessions, settings, edition.id) == {}
+    smtp_sink.replies.clear()
+    with sessions() as session:
+        resume(session, edition.id, utcnow())
+    assert sending.send_batch(sessions, settings, edition.id)[DeliveryState.SENT] == 15
+
+
+def test_a_batch_under_the_threshold_goes_on(env, smtp_sink) -> None:
+    env.update(DIGEST_SMTP_URL=smtp_sink.url, DIGEST_BATCH_SIZE="25")
+    settings = load_settings(env)
+    edition = prepare_sample_edition(settings, 25)
+    for n in range(1, 13):  # 12 of 25: under half
+        smtp_sink.replies[f"reader{n:03d}@example.org"] = "550 5.1.1 No such user"
+    sending.send_batch(_sessions(settings), settings, edition.id)
+    with _sessions(settings)() as session:
+        assert edition_status(session, edition.id, utcnow()).state == "sent"
