@@ -231,6 +231,11 @@ class EditionMailer:
                 ("List-Id", f"{self.newsletter.name} <{list_id}>"),
                 ("List-Unsubscribe", f"<{unsubscribe}>"),
                 ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+                # Gmail's feedback loop: complaint rates per campaign:customer:type:sender.
+                (
+                    "Feedback-ID",
+                    f"{self.edition.id}:{self.newsletter.slug}:digest:{self.domain}",
+                ),
             ],
         )
 

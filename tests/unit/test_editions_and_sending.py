@@ -116,8 +116,9 @@ def test_batches_send_every_delivery_once_to_the_outbox(
     assert _states(sessions, edition.id)[DeliveryState.SENT] == SUBSCRIBERS
     files = sorted((sqlite_settings.data_dir / "outbox").glob("*.eml"))
     assert len(files) == SUBSCRIBERS
-    ids = {parse_message(f.read_bytes())["Message-ID"] for f in files}
-    assert len(ids) == SUBSCRIBERS
+    messages = [parse_message(f.read_bytes()) for f in files]
+    assert len({m["Message-ID"] for m in messages}) == SUBSCRIBERS
+    assert {m["Feedback-ID"] for m in messages} == {f"{edition.id}:daily:digest:news.example.com"}
 
 
 def test_a_batch_that_breaks_gives_back_what_it_never_handed_over(
