@@ -41,6 +41,8 @@ class Settings:
     tick_seconds: float
     log_format: str
     log_level: str
+    # Messages per second for the whole installation; None: as fast as the workers go.
+    send_rate: float | None
 
     @property
     def sender_domain(self) -> str:
@@ -93,6 +95,11 @@ def _switch(env: Mapping[str, str], name: str, default: str) -> bool:
     return _choice(env, name, default, ("on", "off")) == "on"
 
 
+# A batch's rows are leased to its worker for 10 minutes (digest.sending.LEASE); a rate limit
+# that makes one batch outlast its lease would let another worker claim its rows meanwhile.
+MAX_BATCH_SECONDS = 300
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     data_dir = Path(env.get("DIGEST_DATA_DIR", "var")).expanduser().resolve()
@@ -100,7 +107,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     from_address = env.get("DIGEST_FROM", "Newsroom Digest <digest@news.example.com>")
     if "@" not in parseaddr(from_address)[1]:
         raise ConfigError(f"DIGEST_FROM={from_address!r} has no email address in it")
-    return Settings(
+    settings = Settings(
         data_dir=data_dir,
         database_url=env.get("DIGEST_DATABASE_URL", f"sqlite:///{data_dir / 'digest.db'}"),
         broker_url=env.get("DIGEST_BROKER_URL", f"sqla+sqlite:///{data_dir / 'broker.db'}"),
@@ -118,8 +125,18 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         batch_size=int(_number(env, "DIGEST_BATCH_SIZE", "100", int)),
         tick_seconds=_number(env, "DIGEST_TICK_SECONDS", "15", float),
+        send_rate=(
+            _number(env, "DIGEST_SEND_RATE", "1", float) if env.get("DIGEST_SEND_RATE") else None
+        ),
         log_format=_choice(env, "DIGEST_LOG_FORMAT", "text", ("text", "json")),
         log_level=_choice(
             env, "DIGEST_LOG_LEVEL", "info", ("debug", "info", "warning", "error")
         ).upper(),
     )
+    if settings.send_rate and settings.batch_size / settings.send_rate > MAX_BATCH_SECONDS:
+        raise ConfigError(
+            f"DIGEST_BATCH_SIZE={settings.batch_size} at DIGEST_SEND_RATE={settings.send_rate:g}"
+            f" makes one batch take over {MAX_BATCH_SECONDS} s: lower the batch size to at most"
+            f" {int(settings.send_rate * MAX_BATCH_SECONDS)}"
+        )
+    return settings

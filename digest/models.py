@@ -19,6 +19,7 @@ from sqlalchemy import (
     Boolean,
     Date,
     DateTime,
+    Double,
     Enum,
     ForeignKey,
     Index,
@@ -396,3 +397,14 @@ class TaskFailure(Base):
     failures: Mapped[int] = mapped_column(BigInteger, default=0)
     last_failed_at: Mapped[datetime]
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class RateBucket(Base):
+    """A token bucket shared by every worker (digest.rate_limit). Times are epoch seconds, so
+    the refill is arithmetic that SQLite and PostgreSQL do alike in one UPDATE."""
+
+    __tablename__ = "rate_buckets"
+
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Double)
+    updated_at: Mapped[float] = mapped_column(Double)

@@ -48,6 +48,7 @@ from digest.mail import (
     open_sender,
 )
 from digest.models import Delivery, DeliveryState, Edition, Link, Subscriber, utcnow
+from digest.rate_limit import SendRateLimit
 from digest.render import render_edition
 from digest.tokens import TokenSigner
 
@@ -326,8 +327,11 @@ def send_batch(
                     .order_by(Delivery.id)
                 ).all()
             ]
+            limit = SendRateLimit(sessions, settings.send_rate) if settings.send_rate else None
             with open_sender(settings.smtp_url) as sender:
                 for recipient in recipients:
+                    if limit is not None:
+                        limit.wait()
                     with log_context(delivery_id=recipient.delivery_id):
                         outcome = _build_and_hand_over(session, mailer, sender, recipient)
                     untried.remove(recipient.delivery_id)

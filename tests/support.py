@@ -64,6 +64,7 @@ class SinkMessage:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
+    received_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
