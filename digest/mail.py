@@ -202,6 +202,9 @@ class SmtpSender:
         self.username = unquote(parts.username) if parts.username else None
         self.password = unquote(parts.password) if parts.password else None
         self._smtp: smtplib.SMTP | None = None
+        # Set while a message's exchange is under way: if it never finishes (an exception from
+        # outside, such as a task's time limit), the connection's state is unknown.
+        self._mid_exchange = False
 
     def _connection(self) -> smtplib.SMTP:
         if self._smtp is not None:
@@ -256,6 +259,18 @@ class SmtpSender:
         key: str,
         begin: Callable[[], bool],
     ) -> bool:
+        self._mid_exchange = True
+        try:
+            accepted = self._exchange(envelope_from, recipient, message, begin)
+        except TransportError:
+            self._mid_exchange = False  # placed and handled: the connection is usable or gone
+            raise
+        self._mid_exchange = False
+        return accepted
+
+    def _exchange(
+        self, envelope_from: str, recipient: str, message: bytes, begin: Callable[[], bool]
+    ) -> bool:
         smtp = self._connection()
         try:
             code, reply = smtp.mail(envelope_from)
@@ -284,6 +299,9 @@ class SmtpSender:
         return True
 
     def close(self) -> None:
+        if self._mid_exchange:
+            # Cut off mid-exchange: a QUIT would wait behind the unanswered command.
+            self._drop()
         if self._smtp is not None:
             with suppress(smtplib.SMTPException, OSError):
                 self._smtp.quit()

@@ -43,6 +43,7 @@ from digest.mail import (
     PermanentError,
     Sender,
     TransientError,
+    TransportUnavailable,
     UncertainOutcome,
     compose,
     open_sender,
@@ -146,16 +147,13 @@ def _settle(session: Session, delivery_id: int, state: DeliveryState, **values: 
     )
 
 
-def _release(session: Session, delivery_ids: list[int]) -> None:
-    """Give back rows this batch will not try (still ``queued``, or certainly not sent)."""
+def _release(session: Session, delivery_ids: list[int], states: tuple[DeliveryState, ...]) -> None:
+    """Give back rows this batch will not try, if they are still in one of ``states``."""
     if not delivery_ids:
         return
     session.execute(
         update(Delivery)
-        .where(
-            Delivery.id.in_(delivery_ids),
-            Delivery.state.in_((DeliveryState.QUEUED, DeliveryState.SENDING)),
-        )
+        .where(Delivery.id.in_(delivery_ids), Delivery.state.in_(states))
         .values(state=DeliveryState.QUEUED, lease_until=None)
         .execution_options(synchronize_session=False)
     )
@@ -313,6 +311,7 @@ def send_batch(
         untried = claim_batch(session, edition_id, settings.batch_size, utcnow())
         if not untried:
             return outcomes
+        in_flight: int | None = None
         try:
             edition = session.get_one(Edition, edition_id)
             mailer = EditionMailer(session, settings, edition)
@@ -332,18 +331,30 @@ def send_batch(
                 for recipient in recipients:
                     if limit is not None:
                         limit.wait()
-                    with log_context(delivery_id=recipient.delivery_id):
-                        outcome = _build_and_hand_over(session, mailer, sender, recipient)
                     untried.remove(recipient.delivery_id)
+                    in_flight = recipient.delivery_id
+                    try:
+                        with log_context(delivery_id=recipient.delivery_id):
+                            outcome = _build_and_hand_over(session, mailer, sender, recipient)
+                    except TransportUnavailable:
+                        # Refused or cut off before its final dot: certainly not delivered.
+                        untried.append(recipient.delivery_id)
+                        in_flight = None
+                        raise
+                    in_flight = None
                     if outcome is not None:
                         outcomes[outcome] += 1
         finally:
             # Whatever stopped the batch early, rows it did not try go back to the queue at
-            # once (a fresh transaction: the one in use may be the thing that broke). A row in
-            # ``sending`` that is not in ``untried`` stays for its lease: it may have gone out.
+            # once (a fresh transaction: the one in use may be the thing that broke). The row
+            # whose exchange was cut off by anything else (a time limit, the worker's shutdown)
+            # goes back only if it never reached DATA: once ``sending``, it stays for its lease
+            # and then becomes ``unknown``, because it may have gone out.
             session.rollback()
             try:
-                _release(session, untried)
+                _release(session, untried, (DeliveryState.QUEUED, DeliveryState.SENDING))
+                if in_flight is not None:
+                    _release(session, [in_flight], (DeliveryState.QUEUED,))
             except SQLAlchemyError:
                 log.exception(
                     "could not release %d deliveries; their lease frees them", len(untried)

@@ -62,17 +62,29 @@ def smtp_env(env: dict[str, str], smtp_sink) -> dict[str, str]:
     return env
 
 
-def test_worker_killed_inside_the_smtp_window(smtp_env, smtp_sink, tmp_path) -> None:
-    """SIGKILL while the relay holds reader003's message and has not answered the final dot:
+@pytest.mark.parametrize(
+    "stop",
+    [signal.SIGKILL, signal.SIGUSR1],
+    # SIGUSR1 raises Celery's SoftTimeLimitExceeded inside the batch, as a task's soft time
+    # limit or the end of a soft shutdown does: the batch's cleanup runs, mid-exchange.
+    ids=["killed", "interrupted by an exception"],
+)
+def test_worker_stopped_inside_the_smtp_window(smtp_env, smtp_sink, stop) -> None:
+    """Stopped while the relay holds reader003's message and has not answered the final dot:
     that delivery becomes unknown (never resent); every other one is delivered exactly once."""
     settings = load_settings(smtp_env)
     _, edition_id = _prepare(settings)
     smtp_sink.stall_data.add("reader003@example.org")
     child_env = {**os.environ, **smtp_env}
     code = (
+        "import signal\n"
+        "from celery.exceptions import SoftTimeLimitExceeded\n"
         "from digest.config import load_settings\n"
         "from digest.db import session_factory\n"
         "from digest.sending import send_batch\n"
+        "def interrupt(*_):\n"
+        "    raise SoftTimeLimitExceeded()\n"
+        "signal.signal(signal.SIGUSR1, interrupt)\n"
         "s = load_settings()\n"
         f"send_batch(session_factory(s.database_url), s, {edition_id})\n"
     )
@@ -82,8 +94,8 @@ def test_worker_killed_inside_the_smtp_window(smtp_env, smtp_sink, tmp_path) -> 
             lambda: "reader003@example.org" in smtp_sink.by_recipient(), 60, "reader003's DATA"
         )
     finally:
-        worker.send_signal(signal.SIGKILL)
-        worker.wait()
+        worker.send_signal(stop)
+        assert worker.wait(timeout=30) != 0
     smtp_sink.stall_data.clear()
 
     states = _states(settings, edition_id)
