@@ -5,8 +5,9 @@ beat is then a hot spare, not a second schedule.
 On PostgreSQL the lock is a session advisory lock, held by a connection of its own: it goes
 with the connection, so a beat that dies (or loses its network) releases it within the time
 the server takes to notice, and the spare takes over. A beat that finds its connection broken
-cannot know whether a spare has taken over, so it stops (and its supervisor restarts it as a
-spare). On SQLite, a single-machine database, it is a lock on a file beside the data.
+cannot know whether a spare has taken over, so it stops (tasks/app.py: a standalone beat exits
+with an error, a beat embedded in a worker stops that worker) and its supervisor restarts it as
+a spare. On SQLite, a single-machine database, it is a lock on a file beside the data.
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import logging
-import os
-import signal
 import threading
 import time
-from typing import IO
+from collections.abc import Callable
+from typing import IO, Any
 
 from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -30,6 +30,16 @@ log = logging.getLogger(__name__)
 
 STANDBY_POLL_SECONDS = 5.0
 WATCH_SECONDS = 10.0
+# The lock's connection must notice a dead network in about the time the watch takes, not in
+# the kernel's default of hours: keepalives, and a bound on unacknowledged writes (ms).
+LOCK_CONNECT_ARGS: dict[str, Any] = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
 
 
 def _advisory_key(queue: str) -> int:
@@ -54,7 +64,9 @@ class BeatLock:
         return self._try_file()
 
     def _try_advisory(self) -> bool:
-        engine = create_engine(self.settings.database_url, poolclass=NullPool)
+        engine = create_engine(
+            self.settings.database_url, poolclass=NullPool, connect_args=LOCK_CONNECT_ARGS
+        )
         # Autocommit: a session lock needs no transaction, and an idle open one would be cut by
         # idle_in_transaction_session_timeout.
         connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
@@ -85,19 +97,21 @@ class BeatLock:
             return False
         return True
 
-    def watch(self, interval: float = WATCH_SECONDS) -> None:
-        """Stop this process (SIGTERM: beat's orderly exit) if the lock is ever lost."""
+    def watch(self, on_lost: Callable[[], None], interval: float = WATCH_SECONDS) -> None:
+        """Call ``on_lost`` (which must end this beat) if the lock is ever lost."""
 
         def check() -> None:
             while self.held():
                 time.sleep(interval)
             log.error("the beat lock's database connection broke: stopping this beat")
-            os.kill(os.getpid(), signal.SIGTERM)
+            on_lost()
 
         threading.Thread(target=check, name="beat-lock-watch", daemon=True).start()
 
 
-def hold_beat_lock(settings: Settings, poll: float = STANDBY_POLL_SECONDS) -> BeatLock:
+def hold_beat_lock(
+    settings: Settings, on_lost: Callable[[], None], poll: float = STANDBY_POLL_SECONDS
+) -> BeatLock:
     """Block until this process holds the beat lock, then watch it; returns the lock, which
     must be kept referenced for as long as the beat runs."""
     lock = BeatLock(settings)
@@ -114,5 +128,5 @@ def hold_beat_lock(settings: Settings, poll: float = STANDBY_POLL_SECONDS) -> Be
                 standing_by = True
         time.sleep(poll)
     log.info("beat lock acquired: this beat runs the schedule")
-    lock.watch()
+    lock.watch(on_lost)
     return lock

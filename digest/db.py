@@ -9,6 +9,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -31,7 +32,16 @@ def engine_for(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    connect_args = {"connect_timeout": 10} if url.startswith("postgresql") else {}
+    # A database that does not answer fails a request in seconds, not after the OS gives up.
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+
+
+def upsert_insert(session: Session, table: type[Any]) -> Any:
+    """INSERT for ``table`` with ON CONFLICT available, on PostgreSQL and SQLite alike."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
 
 
 def session_factory(url: str) -> sessionmaker[Session]:

@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from sqlalchemy import Table, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from digest.db import upsert_insert
 from digest.models import Click, Delivery, Open
 from digest.tracking import classify_click, classify_open
 
@@ -98,9 +98,8 @@ class _Segment:
 
 
 def _insert_ignoring_duplicates(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    session.execute(insert(table).on_conflict_do_nothing(index_elements=["event_key"]), rows)
+    insert = upsert_insert(session, table)
+    session.execute(insert.on_conflict_do_nothing(index_elements=["event_key"]), rows)
 
 
 def store(session: Session, events: Iterable[Event]) -> int:

@@ -28,14 +28,27 @@ _context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
 )
 
 
+LogContextToken = contextvars.Token[Mapping[str, Any]]
+
+
+def push_log_context(**fields: Any) -> LogContextToken:
+    """Add fields to every line logged from here until ``pop_log_context(token)``, for code
+    whose start and end are separate calls (Celery's task_prerun and task_postrun)."""
+    return _context.set({**_context.get(), **fields})
+
+
+def pop_log_context(token: LogContextToken) -> None:
+    _context.reset(token)
+
+
 @contextlib.contextmanager
 def log_context(**fields: Any) -> Iterator[None]:
     """Add fields (edition_id=…, delivery_id=…) to every line logged inside the block."""
-    token = _context.set({**_context.get(), **fields})
+    token = push_log_context(**fields)
     try:
         yield
     finally:
-        _context.reset(token)
+        pop_log_context(token)
 
 
 class _ContextFilter(logging.Filter):

@@ -2,8 +2,9 @@
 
 Every figure is read from the database (and the queue depth from the broker) at scrape time,
 not counted in the memory of one process: workers, beat and several web processes all change
-them, and any one web process must report the same numbers. The queries are counts over
-indexed columns; at tens of millions of clicks, scrape every minute rather than every 15 s.
+them, and any one web process must report the same numbers. The queries are grouped counts,
+whole-table scans for clicks and opens; at tens of millions of clicks, scrape every minute
+rather than every 15 s.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
 from digest.broker import queue_depth
 from digest.config import Settings
+from digest.db import upsert_insert
 from digest.models import (
     Click,
     ClickKind,
@@ -40,22 +42,28 @@ log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 SEND_RATE_WINDOW = timedelta(minutes=1)
-ERROR_MAX = 2000
 
 
-def record_task_failure(session: Session, task: str, error: str) -> None:
+def register_tasks(session: Session, names: Iterable[str]) -> None:
+    """A zero count for every task a worker runs, so that a task's first failure is an
+    increase that rate() and alerts can see, not a series appearing from nothing."""
+    rows = [{"task": name, "failures": 0} for name in names]
+    if rows:
+        insert = upsert_insert(session, TaskFailure)
+        session.execute(insert.on_conflict_do_nothing(index_elements=["task"]), rows)
+        session.commit()
+
+
+def record_task_failure(session: Session, task: str) -> None:
     """Count one failure of ``task``; called by the worker that saw it."""
     now = utcnow()
-    error = error[:ERROR_MAX]
-    changed = session.execute(
-        update(TaskFailure)
-        .where(TaskFailure.task == task)
-        .values(failures=TaskFailure.failures + 1, last_failed_at=now, last_error=error)
-    ).rowcount
-    if not changed:
-        session.execute(
-            insert(TaskFailure).values(task=task, failures=1, last_failed_at=now, last_error=error)
+    insert = upsert_insert(session, TaskFailure).values(task=task, failures=1, last_failed_at=now)
+    session.execute(
+        insert.on_conflict_do_update(
+            index_elements=["task"],
+            set_={"failures": TaskFailure.failures + 1, "last_failed_at": now},
         )
+    )
     session.commit()
 
 
@@ -122,8 +130,17 @@ class InstallationCollector(Collector):
         failures = CounterMetricFamily(
             "digest_task_failures", "Celery tasks that failed, by task.", labels=["task"]
         )
-        for task, count in session.execute(select(TaskFailure.task, TaskFailure.failures)):
+        last_failure = GaugeMetricFamily(
+            "digest_task_last_failure_timestamp_seconds",
+            "When each task last failed (Unix time), for tasks that ever have.",
+            labels=["task"],
+        )
+        for task, count, last in session.execute(
+            select(TaskFailure.task, TaskFailure.failures, TaskFailure.last_failed_at)
+        ):
             failures.add_metric([task], count)
+            if last is not None:
+                last_failure.add_metric([task], last.timestamp())
         return [
             _by_label(
                 GaugeMetricFamily("digest_deliveries", "Deliveries by state.", labels=["state"]),
@@ -153,6 +170,7 @@ class InstallationCollector(Collector):
                 grouped(SocialPost.state),
             ),
             failures,
+            last_failure,
         ]
 
 

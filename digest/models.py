@@ -395,8 +395,8 @@ class TaskFailure(Base):
 
     task: Mapped[str] = mapped_column(String(200), primary_key=True)
     failures: Mapped[int] = mapped_column(BigInteger, default=0)
-    last_failed_at: Mapped[datetime]
-    last_error: Mapped[str | None] = mapped_column(Text)
+    # None for a task registered by a worker (failures 0) that has never failed.
+    last_failed_at: Mapped[datetime | None]
 
 
 class RateBucket(Base):

@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable
 
 from sqlalchemy import case, literal, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from digest.db import upsert_insert
 from digest.models import RateBucket
 
 SEND_BUCKET = "send"
@@ -38,10 +38,8 @@ class SendRateLimit:
         self.clock = clock
         self.sleep = sleep
         with sessions() as session:
-            dialect = session.get_bind().dialect.name
-            insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
             session.execute(
-                insert(RateBucket)
+                upsert_insert(session, RateBucket)
                 .values(name=SEND_BUCKET, tokens=self.burst, updated_at=clock())
                 .on_conflict_do_nothing(index_elements=["name"])
             )

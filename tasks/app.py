@@ -8,26 +8,30 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import os
+import signal
 from typing import Any
 
 from celery import Celery, Task
+from celery.beat import PersistentScheduler
 from celery.signals import (
-    beat_init,
+    beat_embedded_init,
     setup_logging,
     task_failure,
     task_postrun,
     task_prerun,
     worker_ready,
 )
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 from digest.beat_lock import BeatLock, hold_beat_lock
 from digest.broker import transport_options
 from digest.config import load_settings
-from digest.db import session_factory
-from digest.logs import configure_logging, log_context
-from digest.metrics import record_task_failure
+from digest.logs import LogContextToken, configure_logging, pop_log_context, push_log_context
+from digest.metrics import record_task_failure, register_tasks
 
 settings = load_settings()
 
@@ -74,7 +78,9 @@ app.conf.update(
 
 
 @worker_ready.connect
-def _tick_on_start(**_: Any) -> None:
+def _on_worker_ready(**_: Any) -> None:
+    with _bookkeeping_session() as session:
+        register_tasks(session, [name for name in app.tasks if name.startswith("digest.")])
     # Work the database says is due should not wait for the first beat tick.
     app.send_task("digest.tick")
 
@@ -85,39 +91,64 @@ def _logging(**_: Any) -> None:
     configure_logging(settings)
 
 
-_task_logs: dict[str, contextlib.ExitStack] = {}
+_task_logs: dict[str, LogContextToken] = {}
 
 
 @task_prerun.connect
 def _task_log_context(task_id: str, task: Task, **_: Any) -> None:
-    stack = contextlib.ExitStack()
-    stack.enter_context(log_context(task=task.name, task_id=task_id))
-    _task_logs[task_id] = stack
+    _task_logs[task_id] = push_log_context(task=task.name, task_id=task_id)
 
 
 @task_postrun.connect
 def _end_task_log_context(task_id: str, **_: Any) -> None:
-    stack = _task_logs.pop(task_id, None)
-    if stack is not None:
-        stack.close()
+    token = _task_logs.pop(task_id, None)
+    if token is not None:
+        pop_log_context(token)
+
+
+def _bookkeeping_session() -> Session:
+    # Its own connection each time, not the pool's: task_failure can fire in the worker's main
+    # process (a hard time limit), whose pooled connections forked children would inherit.
+    return Session(create_engine(settings.database_url, poolclass=NullPool))
 
 
 @task_failure.connect
-def _count_failure(sender: Task, exception: BaseException, **_: Any) -> None:
+def _count_failure(sender: Task, **_: Any) -> None:
     try:
-        with session_factory(settings.database_url)() as session:
-            record_task_failure(session, sender.name, f"{type(exception).__name__}: {exception}")
+        with _bookkeeping_session() as session:
+            record_task_failure(session, sender.name)
     except Exception:
         # The database being away is a likely cause of the failure itself; the log has it.
         logging.getLogger(__name__).exception("could not count the failure of %s", sender.name)
 
 
-_beat_lock: BeatLock | None = None
+_embedded_beat = False
 
 
-@beat_init.connect
-def _one_beat(**_: Any) -> None:
-    # Blocks until no other beat runs the schedule (a standalone beat, or one embedded in a
-    # worker with --beat): see digest.beat_lock.
-    global _beat_lock
-    _beat_lock = hold_beat_lock(settings)
+@beat_embedded_init.connect
+def _note_embedded(**_: Any) -> None:
+    global _embedded_beat
+    _embedded_beat = True
+
+
+def _beat_lock_lost() -> None:
+    # Another beat may be running the schedule by now: this one must not tick beside it. A beat
+    # embedded in a worker (--beat) stops the worker too, or the worker would live on with no
+    # beat at all; its supervisor restarts it, and its beat stands by.
+    if _embedded_beat:
+        os.kill(os.getppid(), signal.SIGTERM)
+    os._exit(1)
+
+
+class LockedScheduler(PersistentScheduler):
+    """The beat's scheduler, created only once this process holds the beat lock
+    (digest.beat_lock): before the schedule file is opened, and failing closed, since an error
+    here stops the beat instead of being logged and passed over as in a signal handler."""
+
+    def __init__(self, *args: Any, lazy: bool = False, **kwargs: Any) -> None:
+        # A lazy instance only describes the schedule (beat's start-up banner makes one).
+        self.lock: BeatLock | None = None if lazy else hold_beat_lock(settings, _beat_lock_lost)
+        super().__init__(*args, lazy=lazy, **kwargs)
+
+
+app.conf.beat_scheduler = f"{__name__}:LockedScheduler"

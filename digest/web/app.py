@@ -18,6 +18,7 @@ import base64
 import contextlib
 import gc
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator, MutableMapping
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -86,6 +87,7 @@ class LinkCache:
 
 
 Message = MutableMapping[str, Any]
+READINESS_CACHE_SECONDS = 2.0
 
 
 def _response(
@@ -274,9 +276,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Liveness: the process answers. Nothing else is asked (see digest.health)."""
         return {"status": OK}
 
+    # /readyz is public: answered from a result at most this old, so that polling it hard
+    # cannot turn into load on the database and the broker.
+    ready_cache: list[tuple[float, dict[str, str]]] = []
+
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        checks = await run_in_threadpool(readiness, settings, sessions)
+        if not ready_cache or time.monotonic() - ready_cache[0][0] > READINESS_CACHE_SECONDS:
+            ready_cache[:] = [
+                (time.monotonic(), await run_in_threadpool(readiness, settings, sessions))
+            ]
+        checks = ready_cache[0][1]
         ready = all(state == OK for state in checks.values())
         body = {"status": OK if ready else UNAVAILABLE, "checks": checks}
         return JSONResponse(body, status_code=200 if ready else 503, headers=NO_STORE)

@@ -173,6 +173,10 @@ def test_a_send_seen_through_metrics_logs_and_events(
     with TaskEvents(RABBITMQ_URL) as events:
         worker = start_worker(watched_env)
         wait_until(_all_final(settings, edition.id, 5), 120, "the edition to be sent")
+        sent = _metrics(base)  # within the minute the rate is taken over
+        assert sent[("digest_send_rate_per_second", ())] == pytest.approx(4 / 60)
+        # Every task the worker runs starts at zero failures, so a first failure is an increase.
+        assert sent[("digest_task_failures_total", (("task", "digest.ingest"),))] == 0
         # A task that fails for real (wrong arguments), as a bug in production would.
         broken = Celery(broker=RABBITMQ_URL).send_task(
             "digest.ingest", args=[], queue=watched_env["DIGEST_QUEUE"]
@@ -199,8 +203,9 @@ def test_a_send_seen_through_metrics_logs_and_events(
     assert after[("digest_deliveries", (("state", "sent"),))] == 4
     assert after[("digest_deliveries", (("state", "failed"),))] == 1
     assert after[("digest_deliveries", (("state", "queued"),))] == 0
-    assert after[("digest_send_rate_per_second", ())] == pytest.approx(4 / 60)
     assert after[("digest_task_failures_total", (("task", "digest.ingest"),))] == 1
+    assert after[("digest_task_failures_total", (("task", "digest.tick"),))] == 0
+    assert ("digest_task_last_failure_timestamp_seconds", (("task", "digest.ingest"),)) in after
     assert ("digest_queue_depth", (("queue", watched_env["DIGEST_QUEUE"]),)) in after
     assert ("digest_social_posts", (("state", "queued"),)) in after
 
@@ -284,21 +289,39 @@ def test_a_second_beat_stands_by_and_takes_over(request, env, start_beat, databa
     assert ACQUIRED in second.output()
 
 
-def test_a_beat_that_loses_its_lock_connection_stops(env, postgres_url, start_beat) -> None:
-    env["DIGEST_DATABASE_URL"] = postgres_url
-    migrate(postgres_url)
-    beat = start_beat(env)
-    wait_until(beat.says(ACQUIRED), 30, "the beat to take the lock")
-    engine = create_engine(postgres_url)
+def _terminate_the_lock_holder(database_url: str) -> None:
+    """Cut the beat lock's connection from the server side, as a network failure would."""
+    engine = create_engine(database_url)
     with engine.begin() as conn:
         terminated = conn.execute(
             text(
                 "SELECT count(pg_terminate_backend(l.pid)) FROM pg_locks l "
+                "JOIN pg_database d ON d.oid = l.database AND d.datname = current_database() "
                 "WHERE l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid()"
             )
         ).scalar()
     engine.dispose()
     assert terminated == 1
-    # It cannot know whether a spare took over, so it stops rather than tick beside one.
-    assert beat.proc.wait(timeout=30) is not None
+
+
+def test_a_beat_that_loses_its_lock_connection_stops(env, postgres_url, start_beat) -> None:
+    env["DIGEST_DATABASE_URL"] = postgres_url
+    migrate(postgres_url)
+    beat = start_beat(env)
+    wait_until(beat.says(ACQUIRED), 30, "the beat to take the lock")
+    _terminate_the_lock_holder(postgres_url)
+    # It cannot know whether a spare took over, so it stops rather than tick beside one, with
+    # an error status so that any supervisor restarts it (as a spare).
+    assert beat.proc.wait(timeout=30) == 1
     assert "stopping this beat" in beat.output()
+
+
+def test_a_worker_whose_embedded_beat_loses_the_lock_stops(env, postgres_url, start_worker) -> None:
+    env["DIGEST_DATABASE_URL"] = postgres_url
+    migrate(postgres_url)
+    worker = start_worker(env)  # celery worker --beat
+    wait_until(worker.says(ACQUIRED), 60, "the embedded beat to take the lock")
+    _terminate_the_lock_holder(postgres_url)
+    # Not a worker living on without its beat: it shuts down (warm) for its supervisor.
+    worker.proc.wait(timeout=60)
+    assert "stopping this beat" in worker.output()

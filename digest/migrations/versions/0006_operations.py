@@ -21,8 +21,7 @@ def upgrade() -> None:
         "task_failures",
         sa.Column("task", sa.String(length=200), nullable=False),
         sa.Column("failures", sa.BigInteger(), nullable=False),
-        sa.Column("last_failed_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("last_failed_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("task", name=op.f("pk_task_failures")),
     )
     with op.batch_alter_table("deliveries", schema=None) as batch_op:
