@@ -11,9 +11,12 @@ import math
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parseaddr
 from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
 
 SECRET_KEY_FILE = "secret.key"
 
@@ -43,6 +46,9 @@ class Settings:
     log_level: str
     # Messages per second for the whole installation; None: as fast as the workers go.
     send_rate: float | None
+    # DKIM signing (d= is the From address's domain): both set, or neither.
+    dkim_selector: str | None
+    dkim_key: bytes | None = field(repr=False)  # never in a log line or a traceback
 
     @property
     def sender_domain(self) -> str:
@@ -95,6 +101,27 @@ def _switch(env: Mapping[str, str], name: str, default: str) -> bool:
     return _choice(env, name, default, ("on", "off")) == "on"
 
 
+def _dkim(env: Mapping[str, str]) -> dict[str, Any]:
+    selector = env.get("DIGEST_DKIM_SELECTOR", "").strip() or None
+    key_file = env.get("DIGEST_DKIM_KEY_FILE", "").strip() or None
+    if (selector is None) != (key_file is None):
+        raise ConfigError(
+            "DKIM signing needs both DIGEST_DKIM_SELECTOR and DIGEST_DKIM_KEY_FILE (or neither)"
+        )
+    if key_file is None:
+        return {"dkim_selector": None, "dkim_key": None}
+    try:
+        key = Path(key_file).read_bytes()
+        serialization.load_pem_private_key(key, password=None)
+    except OSError as exc:
+        raise ConfigError(f"DIGEST_DKIM_KEY_FILE={key_file!r} cannot be read: {exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(
+            f"DIGEST_DKIM_KEY_FILE={key_file!r} is not an unencrypted PEM private key: {exc}"
+        ) from None
+    return {"dkim_selector": selector, "dkim_key": key}
+
+
 # A batch's rows are leased to its worker for 10 minutes (digest.sending.LEASE); a rate limit
 # that makes one batch outlast its lease would let another worker claim its rows meanwhile.
 MAX_BATCH_SECONDS = 300
@@ -125,6 +152,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         batch_size=int(_number(env, "DIGEST_BATCH_SIZE", "100", int)),
         tick_seconds=_number(env, "DIGEST_TICK_SECONDS", "15", float),
+        **_dkim(env),
         send_rate=(
             _number(env, "DIGEST_SEND_RATE", "1", float) if env.get("DIGEST_SEND_RATE") else None
         ),

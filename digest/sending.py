@@ -46,6 +46,7 @@ from digest.mail import (
     TransportUnavailable,
     UncertainOutcome,
     compose,
+    dkim_sign,
     open_sender,
 )
 from digest.models import Delivery, DeliveryState, Edition, Link, Subscriber, utcnow
@@ -216,7 +217,7 @@ class EditionMailer:
             recipient.subscriber_id, self.newsletter.id, recipient.delivery_id
         )
         unsubscribe = f"{base}/u/{token}"
-        return compose(
+        message = compose(
             sender=self.from_address,
             recipient=recipient.email,
             subject=rendered.subject,
@@ -237,6 +238,11 @@ class EditionMailer:
                 ),
             ],
         )
+        if self.settings.dkim_selector and self.settings.dkim_key:
+            message = dkim_sign(
+                message, self.settings.dkim_selector, self.domain, self.settings.dkim_key
+            )
+        return message
 
 
 def _hand_over(
