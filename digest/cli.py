@@ -18,7 +18,7 @@ import click
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from digest.config import ConfigError, Settings, load_settings
+from digest.config import ConfigError, Settings, load_settings, redact_url
 from digest.db import migrate, session_factory
 from digest.edition_control import (
     EditionStateError,
@@ -215,7 +215,7 @@ def _summary(
     click.echo(f"Stories in the database: {stories}")
     click.echo(f"Subscribers in this edition: {sum(counts.values())}")
     click.echo(f"Messages: {outcome}")
-    click.echo(f"Mail transport: {settings.smtp_url}")
+    click.echo(f"Mail transport: {redact_url(settings.smtp_url)}")
     outbox = Path(settings.smtp_url.removeprefix("file://"))
     if settings.smtp_url.startswith("file://") and outbox.is_dir():
         first = min(outbox.glob(f"{edition.id}-*.eml"), default=None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -53,6 +54,14 @@ class Settings:
     @property
     def sender_domain(self) -> str:
         return parseaddr(self.from_address)[1].rpartition("@")[2] or "localhost"
+
+
+def redact_url(url: str) -> str:
+    """The URL (or comma-separated URLs) with any password replaced, for showing to people."""
+    return ",".join(
+        re.sub(r"^([a-z][a-z0-9+.-]*://[^:/@]*):[^@/]*@", r"\1:***@", part.strip())
+        for part in url.split(",")
+    )
 
 
 def _secret_keys(env: Mapping[str, str], data_dir: Path) -> tuple[str, ...]:

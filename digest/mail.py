@@ -10,6 +10,7 @@ it as is.
 from __future__ import annotations
 
 import binascii
+import logging
 import os
 import re
 import secrets
@@ -18,6 +19,7 @@ import ssl
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from datetime import datetime
 from email.header import Header
 from email.utils import format_datetime, formataddr, parseaddr
@@ -30,6 +32,8 @@ import dkim
 SMTP_TIMEOUT = 30.0
 MAX_LINE = 78
 _HEADER_JUNK = str.maketrans("", "", "\r\n\0")
+
+log = logging.getLogger(__name__)
 
 
 class TransportError(Exception):
@@ -207,50 +211,90 @@ def _dot_stuffed(message: bytes) -> bytes:
     return body + b".\r\n"
 
 
+@dataclass(frozen=True)
+class Relay:
+    """One relay from DIGEST_SMTP_URL."""
+
+    host: str
+    port: int
+    implicit_tls: bool
+    starttls: bool
+    username: str | None
+    password: str | None = field(repr=False)
+
+    @classmethod
+    def from_url(cls, url: str) -> Relay:
+        parts = urlsplit(url)
+        options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        implicit_tls = parts.scheme == "smtps"
+        return cls(
+            host=parts.hostname or "localhost",
+            port=parts.port or (465 if implicit_tls else 25),
+            implicit_tls=implicit_tls,
+            starttls=options.get("starttls", "").lower() in ("1", "true", "yes"),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+        )
+
+    def open(self) -> smtplib.SMTP:
+        context = ssl.create_default_context()
+        smtp: smtplib.SMTP
+        if self.implicit_tls:
+            smtp = smtplib.SMTP_SSL(self.host, self.port, timeout=SMTP_TIMEOUT, context=context)
+        else:
+            smtp = smtplib.SMTP(self.host, self.port, timeout=SMTP_TIMEOUT)
+            if self.starttls:
+                smtp.starttls(context=context)
+        if self.username:
+            smtp.login(self.username, self.password or "")
+        # mail()/rcpt() below do not greet by themselves (only sendmail() does).
+        smtp.ehlo_or_helo_if_needed()
+        return smtp
+
+
 class SmtpSender:
     """One SMTP connection, opened on first use and reused for every message of a batch.
 
     MAIL, RCPT and DATA are driven one by one so that every failure can be placed. Until the
     final dot is sent the message certainly was not delivered; only a connection lost while
     waiting for the reply to the final dot leaves the outcome unknown.
+
+    With several relays, the session goes to the first that opens one (connects, TLS, login,
+    greeting), in the order given: a relay that is down costs a connection attempt per batch,
+    never a message. A relay that fails later, mid-session, stops the batch as with one relay.
     """
 
-    def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
-        options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        self.implicit_tls = parts.scheme == "smtps"
-        self.starttls = options.get("starttls", "").lower() in ("1", "true", "yes")
-        self.host = parts.hostname or "localhost"
-        self.port = parts.port or (465 if self.implicit_tls else 25)
-        self.username = unquote(parts.username) if parts.username else None
-        self.password = unquote(parts.password) if parts.password else None
+    def __init__(self, relays: Sequence[Relay]) -> None:
+        if not relays:
+            raise ValueError("at least one relay is needed")
+        self.relays = list(relays)
+        self.host = self.relays[0].host
         self._smtp: smtplib.SMTP | None = None
         # Set while a message's exchange is under way: if it never finishes (an exception from
         # outside, such as a task's time limit), the connection's state is unknown.
         self._mid_exchange = False
 
+    @classmethod
+    def from_url(cls, url: str) -> SmtpSender:
+        return cls([Relay.from_url(part.strip()) for part in url.split(",") if part.strip()])
+
     def _connection(self) -> smtplib.SMTP:
         if self._smtp is not None:
             return self._smtp
-        context = ssl.create_default_context()
-        try:
-            smtp: smtplib.SMTP
-            if self.implicit_tls:
-                smtp = smtplib.SMTP_SSL(self.host, self.port, timeout=SMTP_TIMEOUT, context=context)
-            else:
-                smtp = smtplib.SMTP(self.host, self.port, timeout=SMTP_TIMEOUT)
-                if self.starttls:
-                    smtp.starttls(context=context)
-            if self.username:
-                smtp.login(self.username, self.password or "")
-            # mail()/rcpt() below do not greet by themselves (only sendmail() does).
-            smtp.ehlo_or_helo_if_needed()
-        except (smtplib.SMTPException, OSError) as exc:
-            raise TransportUnavailable(
-                f"cannot open an SMTP session with {self.host}:{self.port}: {exc}"
-            ) from exc
-        self._smtp = smtp
-        return smtp
+        failures = []
+        for relay in self.relays:
+            try:
+                self._smtp = relay.open()
+            except (smtplib.SMTPException, OSError) as exc:
+                failures.append(f"{relay.host}:{relay.port}: {exc}")
+                if relay is not self.relays[-1]:
+                    log.warning(
+                        "relay %s:%s failed (%s): trying the next", relay.host, relay.port, exc
+                    )
+                continue
+            self.host = relay.host
+            return self._smtp
+        raise TransportUnavailable(f"cannot open an SMTP session with {'; '.join(failures)}")
 
     def _drop(self) -> None:
         if self._smtp is not None:
@@ -338,7 +382,7 @@ def open_sender(smtp_url: str) -> Iterator[Sender]:
     if scheme == "file":
         yield Outbox(Path(unquote(urlsplit(smtp_url).path)))
     elif scheme in ("smtp", "smtps"):
-        sender = SmtpSender(smtp_url)
+        sender = SmtpSender.from_url(smtp_url)
         try:
             yield sender
         finally:

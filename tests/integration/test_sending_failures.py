@@ -235,3 +235,25 @@ def test_two_ticks_preparing_the_same_edition_on_postgresql(env, postgres_url) -
     with session_factory(postgres_url)() as session:
         assert session.scalar(select(func.count()).select_from(Edition)) == 1
         assert session.scalar(select(func.count()).select_from(Delivery)) == 50
+
+
+def test_a_relay_that_is_down_fails_over_to_the_next(env, smtp_sink, caplog) -> None:
+    down = f"127.0.0.1:{free_port()}"
+    env["DIGEST_SMTP_URL"] = f"smtp://{down}, {smtp_sink.url}"
+    settings = load_settings(env)
+    _, edition_id = _prepare(settings)
+    send_until_done(settings, edition_id)
+    assert set(_states(settings, edition_id).values()) == {DeliveryState.SENT}
+    assert len(smtp_sink.messages) == SUBSCRIBERS
+    assert f"relay {down} failed" in caplog.text
+
+
+def test_every_relay_down_charges_nobody_and_names_them_all(env) -> None:
+    relays = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    env["DIGEST_SMTP_URL"] = ",".join(f"smtp://{relay}" for relay in relays)
+    settings = load_settings(env)
+    _, edition_id = _prepare(settings)
+    with pytest.raises(TransportUnavailable) as raised:
+        sending.send_batch(session_factory(settings.database_url), settings, edition_id)
+    assert all(relay in str(raised.value) for relay in relays)
+    assert set(_states(settings, edition_id).values()) == {DeliveryState.QUEUED}

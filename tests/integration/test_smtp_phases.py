@@ -47,7 +47,7 @@ def send(sender: SmtpSender, begun: list[bool], allow: bool = True) -> bool:
 )
 def test_failure_is_classified_by_where_it_happens(stage, reply, outcome, began) -> None:
     peer = ScriptedSmtp({stage: reply})
-    sender = SmtpSender(peer.url)
+    sender = SmtpSender.from_url(peer.url)
     begun: list[bool] = []
     try:
         with pytest.raises(outcome):
@@ -64,7 +64,7 @@ def test_failure_is_classified_by_where_it_happens(stage, reply, outcome, began)
 )
 def test_connection_is_reset_and_reused_after_a_refusal(stage, reply) -> None:
     peer = ScriptedSmtp({stage: reply})
-    sender = SmtpSender(peer.url)
+    sender = SmtpSender.from_url(peer.url)
     try:
         with pytest.raises(PermanentError):
             send(sender, [])
@@ -79,7 +79,7 @@ def test_connection_is_reset_and_reused_after_a_refusal(stage, reply) -> None:
 
 def test_a_cancelled_delivery_sends_no_data() -> None:
     peer = ScriptedSmtp({})
-    sender = SmtpSender(peer.url)
+    sender = SmtpSender.from_url(peer.url)
     try:
         assert send(sender, [], allow=False) is False
         assert "DATA" not in peer.commands and "RSET" in peer.commands
@@ -91,7 +91,7 @@ def test_a_cancelled_delivery_sends_no_data() -> None:
 
 def test_message_is_dot_stuffed_and_accepted() -> None:
     peer = ScriptedSmtp({})
-    sender = SmtpSender(peer.url)
+    sender = SmtpSender.from_url(peer.url)
     try:
         assert send(sender, []) is True
         assert peer.messages == 1
@@ -101,6 +101,6 @@ def test_message_is_dot_stuffed_and_accepted() -> None:
 
 
 def test_nothing_listening_is_unavailable() -> None:
-    sender = SmtpSender(f"smtp://127.0.0.1:{free_port()}")
+    sender = SmtpSender.from_url(f"smtp://127.0.0.1:{free_port()}")
     with pytest.raises(TransportUnavailable):
         send(sender, [])

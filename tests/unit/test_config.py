@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from digest.config import SECRET_KEY_FILE, ConfigError, load_settings
+from digest.config import SECRET_KEY_FILE, ConfigError, load_settings, redact_url
 
 
 @pytest.fixture
@@ -139,3 +139,19 @@ def test_log_settings_are_case_insensitive(base_env):
     base_env.update(DIGEST_LOG_FORMAT="JSON", DIGEST_LOG_LEVEL="Warning")
     settings = load_settings(base_env)
     assert (settings.log_format, settings.log_level) == ("json", "WARNING")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("smtp://user:s3cret@relay.example:587", "smtp://user:***@relay.example:587"),
+        ("smtps://relay.example", "smtps://relay.example"),
+        (
+            "smtp://a:p@one.example:25, smtp://two.example:25",
+            "smtp://a:***@one.example:25,smtp://two.example:25",
+        ),
+        ("file:///var/outbox", "file:///var/outbox"),
+    ],
+)
+def test_redacted_urls_keep_everything_but_the_password(url, shown):
+    assert redact_url(url) == shown
