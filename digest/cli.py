@@ -76,7 +76,7 @@ def init() -> None:
     """Create or upgrade the database schema."""
     settings = _settings()
     migrate(settings.database_url)
-    click.echo(f"database ready: {settings.database_url}")
+    click.echo(f"database ready: {redact_url(settings.database_url)}")
 
 
 @main.command()

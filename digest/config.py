@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 SECRET_KEY_FILE = "secret.key"
 
@@ -59,7 +60,7 @@ class Settings:
 def redact_url(url: str) -> str:
     """The URL (or comma-separated URLs) with any password replaced, for showing to people."""
     return ",".join(
-        re.sub(r"^([a-z][a-z0-9+.-]*://[^:/@]*):[^@/]*@", r"\1:***@", part.strip())
+        re.sub(r"^([a-z][a-z0-9+.-]*://[^:/@]*):[^@/]*@", r"\1:***@", part.strip(), flags=re.I)
         for part in url.split(",")
     )
 
@@ -121,19 +122,22 @@ def _dkim(env: Mapping[str, str]) -> dict[str, Any]:
         return {"dkim_selector": None, "dkim_key": None}
     try:
         key = Path(key_file).read_bytes()
-        serialization.load_pem_private_key(key, password=None)
+        loaded = serialization.load_pem_private_key(key, password=None)
     except OSError as exc:
         raise ConfigError(f"DIGEST_DKIM_KEY_FILE={key_file!r} cannot be read: {exc}") from None
     except (ValueError, TypeError) as exc:
         raise ConfigError(
             f"DIGEST_DKIM_KEY_FILE={key_file!r} is not an unencrypted PEM private key: {exc}"
         ) from None
+    if not isinstance(loaded, rsa.RSAPrivateKey):
+        # The only algorithm every receiver verifies (ed25519-sha256 is not yet widely).
+        raise ConfigError(f"DIGEST_DKIM_KEY_FILE={key_file!r} must hold an RSA private key")
     return {"dkim_selector": selector, "dkim_key": key}
 
 
-# A batch's rows are leased to its worker for 10 minutes (digest.sending.LEASE); a rate limit
-# that makes one batch outlast its lease would let another worker claim its rows meanwhile.
-MAX_BATCH_SECONDS = 300
+# How long one send task may send for before it hands the rest of its batch back to the queue:
+# well inside the task's soft time limit (tasks/app.py, 270 s) and its rows' lease (10 min).
+MAX_BATCH_SECONDS = 240
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -171,6 +175,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ).upper(),
     )
     if settings.send_rate and settings.batch_size / settings.send_rate > MAX_BATCH_SECONDS:
+        # A batch would always run out of time (and more so with several workers sharing the
+        # rate): it would work, a part at a time, but the setting is surely a mistake.
         raise ConfigError(
             f"DIGEST_BATCH_SIZE={settings.batch_size} at DIGEST_SEND_RATE={settings.send_rate:g}"
             f" makes one batch take over {MAX_BATCH_SECONDS} s: lower the batch size to at most"

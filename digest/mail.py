@@ -10,6 +10,7 @@ it as is.
 from __future__ import annotations
 
 import binascii
+import functools
 import logging
 import os
 import re
@@ -68,6 +69,9 @@ def clean_header(value: str) -> str:
     return value.translate(_HEADER_JUNK)
 
 
+# Memoised: an edition's From, Subject and List-Id are the same in every message, and RFC 2047
+# encoding of a non-ASCII value costs ~1 ms (bench/RESULTS.md, sending end to end).
+@functools.lru_cache(maxsize=4096)
 def _header(name: str, value: str) -> str:
     """One header, folded to 78 characters where the value allows it (RFC 5322 2.1.1).
 
@@ -86,6 +90,7 @@ def _header(name: str, value: str) -> str:
     return "\r\n".join(lines)
 
 
+@functools.lru_cache(maxsize=4096)
 def _address(value: str) -> str:
     name, addr = parseaddr(clean_header(value))
     return formataddr((name, addr), charset="utf-8")
@@ -237,18 +242,24 @@ class Relay:
         )
 
     def open(self) -> smtplib.SMTP:
-        context = ssl.create_default_context()
+        # A TLS context loads the system's CA store (~25 ms): only when TLS is used.
         smtp: smtplib.SMTP
         if self.implicit_tls:
-            smtp = smtplib.SMTP_SSL(self.host, self.port, timeout=SMTP_TIMEOUT, context=context)
+            smtp = smtplib.SMTP_SSL(
+                self.host, self.port, timeout=SMTP_TIMEOUT, context=ssl.create_default_context()
+            )
         else:
             smtp = smtplib.SMTP(self.host, self.port, timeout=SMTP_TIMEOUT)
-            if self.starttls:
-                smtp.starttls(context=context)
-        if self.username:
-            smtp.login(self.username, self.password or "")
-        # mail()/rcpt() below do not greet by themselves (only sendmail() does).
-        smtp.ehlo_or_helo_if_needed()
+        try:
+            if self.starttls and not self.implicit_tls:
+                smtp.starttls(context=ssl.create_default_context())
+            if self.username:
+                smtp.login(self.username, self.password or "")
+            # mail()/rcpt() below do not greet by themselves (only sendmail() does).
+            smtp.ehlo_or_helo_if_needed()
+        except BaseException:
+            smtp.close()  # a relay refusing TLS or the login: no socket left behind
+            raise
         return smtp
 
 

@@ -27,6 +27,7 @@ import hmac
 import logging
 import math
 import random
+import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -37,7 +38,7 @@ from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from digest.config import Settings
+from digest.config import MAX_BATCH_SECONDS, Settings
 from digest.logs import log_context
 from digest.mail import (
     PermanentError,
@@ -79,12 +80,16 @@ class Recipient:
 
 
 def _claimable(now: datetime) -> ColumnElement[bool]:
-    # The edition's pause is part of the row's claimability, so that claiming, dispatching and
-    # a batch's "is there more?" all respect it alike.
+    # The edition's pause and cancellation are part of the row's claimability, so that
+    # claiming, dispatching and a batch's "is there more?" all respect them alike, including
+    # for a row that came back to the queue after the cancel (a deferral, a release).
     return and_(
         Delivery.state == DeliveryState.QUEUED,
         or_(Delivery.lease_until.is_(None), Delivery.lease_until < now),
-        ~exists().where(Edition.id == Delivery.edition_id, Edition.paused_at.is_not(None)),
+        ~exists().where(
+            Edition.id == Delivery.edition_id,
+            or_(Edition.paused_at.is_not(None), Edition.cancelled_at.is_not(None)),
+        ),
     )
 
 
@@ -100,9 +105,13 @@ def claim_batch(session: Session, edition_id: int, limit: int, now: datetime) ->
         # Concurrent claimers skip each other's rows instead of queueing on the row locks.
         # (SQLite serialises writers anyway and would silently drop the clause.)
         pick = pick.with_for_update(skip_locked=True)
+    # Joined as a CTE, not ``id IN (subquery)``: PostgreSQL may run an IN subquery once per
+    # candidate row (a nested-loop semi join, chosen on a freshly written table), re-applying
+    # its LIMIT each time and leasing the whole edition to one worker.
+    picked = pick.cte("picked")
     claimed = session.scalars(
         update(Delivery)
-        .where(Delivery.id.in_(pick), _claimable(now))
+        .where(Delivery.id == picked.c.id, _claimable(now))
         .values(lease_until=now + LEASE, claimed_at=now)
         .returning(Delivery.id)
         .execution_options(synchronize_session=False)
@@ -318,6 +327,7 @@ def send_batch(
         if not untried:
             return outcomes
         in_flight: int | None = None
+        not_sent: list[int] = []
         try:
             edition = session.get_one(Edition, edition_id)
             mailer = EditionMailer(session, settings, edition)
@@ -333,10 +343,16 @@ def send_batch(
                 ).all()
             ]
             limit = SendRateLimit(sessions, settings.send_rate) if settings.send_rate else None
+            # Well inside the task's soft time limit: the rest goes back to the queue for the
+            # next task rather than being cut off mid-exchange (a slow relay, a low rate).
+            deadline = time.monotonic() + MAX_BATCH_SECONDS
             with open_sender(settings.smtp_url) as sender:
                 for recipient in recipients:
                     if limit is not None:
                         limit.wait()
+                    if time.monotonic() > deadline:
+                        log.info("batch out of time: %d deliveries back to the queue", len(untried))
+                        break
                     untried.remove(recipient.delivery_id)
                     in_flight = recipient.delivery_id
                     try:
@@ -344,26 +360,28 @@ def send_batch(
                             outcome = _build_and_hand_over(session, mailer, sender, recipient)
                     except TransportUnavailable:
                         # Refused or cut off before its final dot: certainly not delivered.
-                        untried.append(recipient.delivery_id)
-                        in_flight = None
+                        not_sent, in_flight = [recipient.delivery_id], None
                         raise
                     in_flight = None
                     if outcome is not None:
                         outcomes[outcome] += 1
         finally:
             # Whatever stopped the batch early, rows it did not try go back to the queue at
-            # once (a fresh transaction: the one in use may be the thing that broke). The row
-            # whose exchange was cut off by anything else (a time limit, the worker's shutdown)
-            # goes back only if it never reached DATA: once ``sending``, it stays for its lease
-            # and then becomes ``unknown``, because it may have gone out.
+            # once (a fresh transaction: the one in use may be the thing that broke), and so
+            # does the one the relay certainly did not take. The row whose exchange was cut
+            # off by anything else (a time limit, the worker's shutdown) goes back only if it
+            # never reached DATA: once ``sending``, it stays for its lease and then becomes
+            # ``unknown``, because it may have gone out.
             session.rollback()
+            if in_flight is not None:
+                untried.append(in_flight)
             try:
-                _release(session, untried, (DeliveryState.QUEUED, DeliveryState.SENDING))
-                if in_flight is not None:
-                    _release(session, [in_flight], (DeliveryState.QUEUED,))
+                _release(session, untried, (DeliveryState.QUEUED,))
+                _release(session, not_sent, (DeliveryState.QUEUED, DeliveryState.SENDING))
             except SQLAlchemyError:
                 log.exception(
-                    "could not release %d deliveries; their lease frees them", len(untried)
+                    "could not release %d deliveries; their lease frees them",
+                    len(untried) + len(not_sent),
                 )
         reason = _auto_pause_reason(outcomes)
         if reason is not None:
@@ -399,7 +417,8 @@ def pause_edition(session: Session, edition_id: int, now: datetime, reason: str)
 
 def reconcile(session: Session, now: datetime) -> dict[int, int]:
     """Settle what the database says is overdue: rows whose lease ran out inside the SMTP
-    window become ``unknown``; deferred rows whose retry is due are queued again. Returns
+    window become ``unknown``; deferred rows whose retry is due are queued again, those of
+    cancelled editions cancelled. Returns
     {edition id: rows queued again}, for the caller to dispatch."""
     expired = session.execute(
         update(Delivery)
@@ -413,6 +432,17 @@ def reconcile(session: Session, now: datetime) -> dict[int, int]:
     ).rowcount
     if expired:
         log.warning("%d deliveries found in sending after their lease: marked unknown", expired)
+    # Rows of a cancelled edition that came back after the cancel (a message deferred at its
+    # final dot, a batch released by a relay failure) are cancelled too.
+    session.execute(
+        update(Delivery)
+        .where(
+            Delivery.state.in_((DeliveryState.QUEUED, DeliveryState.DEFERRED)),
+            Delivery.edition_id.in_(select(Edition.id).where(Edition.cancelled_at.is_not(None))),
+        )
+        .values(state=DeliveryState.CANCELLED, lease_until=None, next_attempt_at=None)
+        .execution_options(synchronize_session=False)
+    )
     retried = session.execute(
         update(Delivery)
         .where(Delivery.state == DeliveryState.DEFERRED, Delivery.next_attempt_at <= now)

@@ -322,6 +322,7 @@ def test_a_worker_whose_embedded_beat_loses_the_lock_stops(env, postgres_url, st
     worker = start_worker(env)  # celery worker --beat
     wait_until(worker.says(ACQUIRED), 60, "the embedded beat to take the lock")
     _terminate_the_lock_holder(postgres_url)
-    # Not a worker living on without its beat: it shuts down (warm) for its supervisor.
-    worker.proc.wait(timeout=60)
+    # Not a worker living on without its beat: it shuts down (a warm shutdown, status 0) for
+    # its supervisor to restart (compose: restart unless-stopped).
+    assert worker.proc.wait(timeout=60) == 0
     assert "stopping this beat" in worker.output()

@@ -63,5 +63,5 @@ def test_the_bucket_queues_takers_in_order(sqlite_settings) -> None:
 
 def test_a_rate_that_would_outlast_the_lease_is_refused(env) -> None:
     env.update(DIGEST_SEND_RATE="0.2", DIGEST_BATCH_SIZE="100")
-    with pytest.raises(ConfigError, match="lower the batch size to at most 60"):
+    with pytest.raises(ConfigError, match="lower the batch size to at most 48"):
         load_settings(env)

@@ -16,6 +16,7 @@ from sqlalchemy import func, insert, select, update
 from digest import sending
 from digest.config import Settings, load_settings
 from digest.db import migrate, session_factory
+from digest.edition_control import cancel
 from digest.editions import prepare_edition
 from digest.mail import TransportUnavailable
 from digest.models import (
@@ -209,6 +210,58 @@ def test_concurrent_claims_on_postgresql_never_overlap(env, postgres_url) -> Non
         thread.join()
     claimed = [i for batch in claims for i in batch]
     assert len(claimed) == len(set(claimed)) == 300
+    # Each claim is one batch, also on a table PostgreSQL has not analysed yet (a plan that
+    # re-ran the LIMIT per row once leased the whole edition to the first claimer).
+    assert max(len(batch) for batch in claims) == 7
+
+
+def test_rows_back_in_the_queue_after_a_cancel_are_not_sent(env, smtp_sink) -> None:
+    """A message in flight during the cancel that is then deferred, and a row a failed batch
+    gives back, must not go out once the edition is cancelled."""
+    env["DIGEST_SMTP_URL"] = smtp_sink.url
+    settings = load_settings(env)
+    _, edition_id = _prepare(settings)
+    sessions = session_factory(settings.database_url)
+    with sessions() as session:
+        in_flight, released = session.scalars(
+            select(Delivery.id).where(Delivery.edition_id == edition_id).limit(2)
+        ).all()
+        session.execute(
+            update(Delivery).where(Delivery.id == in_flight).values(state=DeliveryState.SENDING)
+        )
+        session.commit()
+        cancel(session, edition_id, utcnow())
+        # The relay then defers the message in flight; a failed batch releases another row.
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id == in_flight)
+            .values(state=DeliveryState.DEFERRED, next_attempt_at=utcnow() - timedelta(seconds=1))
+        )
+        session.execute(
+            update(Delivery).where(Delivery.id == released).values(state=DeliveryState.QUEUED)
+        )
+        session.commit()
+        assert not sending.has_claimable(session, edition_id, utcnow())
+        assert sending.reconcile(session, utcnow()) == {}
+    assert sending.send_batch(sessions, settings, edition_id) == {}
+    assert smtp_sink.messages == []
+    assert set(_states(settings, edition_id).values()) == {DeliveryState.CANCELLED}
+
+
+def test_a_batch_out_of_time_hands_the_rest_back(env, smtp_sink, monkeypatch) -> None:
+    env["DIGEST_SMTP_URL"] = smtp_sink.url
+    settings = load_settings(env)
+    _, edition_id = _prepare(settings)  # one batch of 6 (DIGEST_BATCH_SIZE is 7)
+    smtp_sink.data_delay = 0.2
+    monkeypatch.setattr(sending, "MAX_BATCH_SECONDS", 0.3)
+    first = sending.send_batch(session_factory(settings.database_url), settings, edition_id)
+    assert 1 <= first[DeliveryState.SENT] < SUBSCRIBERS
+    states = _states(settings, edition_id)
+    assert sorted(set(states.values())) == [DeliveryState.QUEUED, DeliveryState.SENT]
+    send_until_done(settings, edition_id)
+    assert {rcpt: len(m) for rcpt, m in smtp_sink.by_recipient().items()} == {
+        f"reader00{n}@example.org": 1 for n in range(1, SUBSCRIBERS + 1)
+    }
 
 
 def test_two_ticks_preparing_the_same_edition_on_postgresql(env, postgres_url) -> None:

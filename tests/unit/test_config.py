@@ -151,6 +151,11 @@ def test_log_settings_are_case_insensitive(base_env):
             "smtp://a:***@one.example:25,smtp://two.example:25",
         ),
         ("file:///var/outbox", "file:///var/outbox"),
+        ("SMTP://u:p@relay.example", "SMTP://u:***@relay.example"),
+        (
+            "postgresql+psycopg://digest:pw@db:5432/digest",
+            "postgresql+psycopg://digest:***@db:5432/digest",
+        ),
     ],
 )
 def test_redacted_urls_keep_everything_but_the_password(url, shown):

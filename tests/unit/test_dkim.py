@@ -9,7 +9,7 @@ from pathlib import Path
 import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from digest.config import ConfigError, load_settings
 from digest.db import session_factory
@@ -112,3 +112,17 @@ def test_the_key_never_appears_in_the_settings_repr(env, key_file) -> None:
     settings = load_settings(env)
     assert settings.dkim_key is not None
     assert "PRIVATE KEY" not in repr(settings)
+
+
+def test_a_key_dkim_cannot_sign_with_is_refused(env, tmp_path) -> None:
+    path = tmp_path / "ec.pem"
+    path.write_bytes(
+        ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    env.update(DIGEST_DKIM_SELECTOR=SELECTOR, DIGEST_DKIM_KEY_FILE=str(path))
+    with pytest.raises(ConfigError, match="must hold an RSA private key"):
+        load_settings(env)
