@@ -48,6 +48,8 @@ class Settings:
     log_level: str
     # Messages per second for the whole installation; None: as fast as the workers go.
     send_rate: float | None
+    # Messages per second per destination domain (lower-case), for the domains listed.
+    domain_rates: dict[str, float]
     # DKIM signing (d= is the From address's domain): both set, or neither.
     dkim_selector: str | None
     dkim_key: bytes | None = field(repr=False)  # never in a log line or a traceback
@@ -111,6 +113,25 @@ def _switch(env: Mapping[str, str], name: str, default: str) -> bool:
     return _choice(env, name, default, ("on", "off")) == "on"
 
 
+def _domain_rates(raw: str) -> dict[str, float]:
+    rates = {}
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        domain, sep, value = item.partition("=")
+        try:
+            rate = float(value)
+        except ValueError:
+            rate = math.nan
+        if not sep or not domain.strip() or not math.isfinite(rate) or rate <= 0:
+            raise ConfigError(
+                f"DIGEST_DOMAIN_RATES: {item!r} is not DOMAIN=RATE with a rate above zero"
+                " (e.g. gmail.com=20, yahoo.com=10)"
+            )
+        rates[domain.strip().lower()] = rate
+    return rates
+
+
 def _dkim(env: Mapping[str, str]) -> dict[str, Any]:
     selector = env.get("DIGEST_DKIM_SELECTOR", "").strip() or None
     key_file = env.get("DIGEST_DKIM_KEY_FILE", "").strip() or None
@@ -166,6 +187,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         batch_size=int(_number(env, "DIGEST_BATCH_SIZE", "100", int)),
         tick_seconds=_number(env, "DIGEST_TICK_SECONDS", "15", float),
         **_dkim(env),
+        domain_rates=_domain_rates(env.get("DIGEST_DOMAIN_RATES", "")),
         send_rate=(
             _number(env, "DIGEST_SEND_RATE", "1", float) if env.get("DIGEST_SEND_RATE") else None
         ),

@@ -405,6 +405,7 @@ class RateBucket(Base):
 
     __tablename__ = "rate_buckets"
 
-    name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    # "send", or "domain:" and a destination domain.
+    name: Mapped[str] = mapped_column(String(300), primary_key=True)
     tokens: Mapped[float] = mapped_column(Double)
     updated_at: Mapped[float] = mapped_column(Double)

@@ -1,6 +1,6 @@
-"""The installation's global send rate: one token bucket in the database, shared by every worker
-process on every machine (Celery's rate_limit is per worker, so N workers would send N times
-the rate).
+"""Send rates shared by every worker process on every machine, as token buckets in the
+database: the installation's global rate, and one per destination domain (Celery's rate_limit
+is per worker, so N workers would send N times the rate).
 
 Taking a token is one atomic UPDATE … RETURNING: the bucket refills at ``rate`` tokens a second
 up to ``burst``, and a take always succeeds, possibly driving the balance negative. A negative
@@ -27,12 +27,14 @@ class SendRateLimit:
         self,
         sessions: sessionmaker[Session],
         rate: float,
+        bucket: str = SEND_BUCKET,
         *,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.sessions = sessions
         self.rate = rate
+        self.bucket = bucket
         # One second's worth: a worker that was idle may start at once, but not in a flood.
         self.burst = max(rate, 1.0)
         self.clock = clock
@@ -40,7 +42,7 @@ class SendRateLimit:
         with sessions() as session:
             session.execute(
                 upsert_insert(session, RateBucket)
-                .values(name=SEND_BUCKET, tokens=self.burst, updated_at=clock())
+                .values(name=bucket, tokens=self.burst, updated_at=clock())
                 .on_conflict_do_nothing(index_elements=["name"])
             )
             session.commit()
@@ -52,7 +54,7 @@ class SendRateLimit:
         with self.sessions() as session:
             balance = session.execute(
                 update(RateBucket)
-                .where(RateBucket.name == SEND_BUCKET)
+                .where(RateBucket.name == self.bucket)
                 .values(
                     tokens=case((refilled > self.burst, self.burst), else_=refilled) - 1,
                     updated_at=now,
@@ -63,7 +65,7 @@ class SendRateLimit:
         return max(0.0, -balance / self.rate)
 
     def wait(self) -> None:
-        """Block until this process may send one more message."""
+        """Block until this process may send one more message (through this bucket)."""
         delay = self.take()
         if delay > 0:
             self.sleep(delay)

@@ -78,6 +78,10 @@ class Recipient:
     email: str
     tracking: bool
 
+    @property
+    def domain(self) -> str:
+        return self.email.rpartition("@")[2].lower()
+
 
 def _claimable(now: datetime) -> ColumnElement[bool]:
     # The edition's pause and cancellation are part of the row's claimability, so that
@@ -343,13 +347,18 @@ def send_batch(
                 ).all()
             ]
             limit = SendRateLimit(sessions, settings.send_rate) if settings.send_rate else None
+            domain_limits = {
+                domain: SendRateLimit(sessions, rate, f"domain:{domain}")
+                for domain, rate in settings.domain_rates.items()
+            }
             # Well inside the task's soft time limit: the rest goes back to the queue for the
             # next task rather than being cut off mid-exchange (a slow relay, a low rate).
             deadline = time.monotonic() + MAX_BATCH_SECONDS
             with open_sender(settings.smtp_url) as sender:
                 for recipient in recipients:
-                    if limit is not None:
-                        limit.wait()
+                    for bucket in (limit, domain_limits.get(recipient.domain)):
+                        if bucket is not None:
+                            bucket.wait()
                     if time.monotonic() > deadline:
                         log.info("batch out of time: %d deliveries back to the queue", len(untried))
                         break

@@ -16,10 +16,18 @@ MESSAGES = 30
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgres"])
-def test_concurrent_workers_keep_to_the_rate_together(request, env, smtp_sink, database) -> None:
+@pytest.mark.parametrize(
+    "setting",
+    [("DIGEST_SEND_RATE", str(RATE)), ("DIGEST_DOMAIN_RATES", f"gmail.com=1, example.org={RATE}")],
+    ids=["global rate", "rate for the recipients' domain"],
+)
+def test_concurrent_workers_keep_to_the_rate_together(
+    request, env, smtp_sink, database, setting
+) -> None:
     if database == "postgres":
         env["DIGEST_DATABASE_URL"] = request.getfixturevalue("postgres_url")
-    env.update(DIGEST_SMTP_URL=smtp_sink.url, DIGEST_BATCH_SIZE="5", DIGEST_SEND_RATE=str(RATE))
+    env.update(DIGEST_SMTP_URL=smtp_sink.url, DIGEST_BATCH_SIZE="5")
+    env[setting[0]] = setting[1]
     settings = load_settings(env)
     edition = prepare_sample_edition(settings, MESSAGES)
     senders = [
@@ -41,9 +49,12 @@ def test_concurrent_workers_keep_to_the_rate_together(request, env, smtp_sink, d
     assert arrivals[-1] - start < (MESSAGES - RATE) / RATE + 2
 
 
-def test_without_a_rate_the_same_send_is_not_held_back(env, smtp_sink) -> None:
-    # The test above could not fail if the sink were this slow anyway.
-    env.update(DIGEST_SMTP_URL=smtp_sink.url, DIGEST_BATCH_SIZE="5")
+def test_without_a_rate_for_their_domain_the_same_send_is_not_held_back(env, smtp_sink) -> None:
+    # The test above could not fail if the sink were this slow anyway; and a limit on another
+    # domain holds nobody here back.
+    env.update(
+        DIGEST_SMTP_URL=smtp_sink.url, DIGEST_BATCH_SIZE="5", DIGEST_DOMAIN_RATES="gmail.com=1"
+    )
     settings = load_settings(env)
     edition = prepare_sample_edition(settings, MESSAGES)
     send_until_done(settings, edition.id)
@@ -65,3 +76,15 @@ def test_a_rate_that_would_outlast_the_lease_is_refused(env) -> None:
     env.update(DIGEST_SEND_RATE="0.2", DIGEST_BATCH_SIZE="100")
     with pytest.raises(ConfigError, match="lower the batch size to at most 48"):
         load_settings(env)
+
+
+@pytest.mark.parametrize("raw", ["gmail.com", "gmail.com=0", "gmail.com=fast", "=5", "a=1,b=-2"])
+def test_bad_domain_rates_are_an_error_showing_the_form(env, raw) -> None:
+    env["DIGEST_DOMAIN_RATES"] = raw
+    with pytest.raises(ConfigError, match="is not DOMAIN=RATE"):
+        load_settings(env)
+
+
+def test_domain_rates_are_case_insensitive(env) -> None:
+    env["DIGEST_DOMAIN_RATES"] = " GMail.com=20 ,yahoo.com=2.5,"
+    assert load_settings(env).domain_rates == {"gmail.com": 20.0, "yahoo.com": 2.5}

@@ -1,4 +1,4 @@
-"""send rate: a token bucket shared by every worker
+"""send rates: token buckets shared by every worker (global, per destination domain)
 
 Revision ID: 0008
 Revises: 0007
@@ -19,7 +19,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.create_table(
         "rate_buckets",
-        sa.Column("name", sa.String(length=50), nullable=False),
+        sa.Column("name", sa.String(length=300), nullable=False),
         sa.Column("tokens", sa.Double(), nullable=False),
         sa.Column("updated_at", sa.Double(), nullable=False),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_rate_buckets")),
