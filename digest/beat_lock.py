@@ -71,9 +71,14 @@ class BeatLock:
         # idle_in_transaction_session_timeout.
         connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         key = _advisory_key(self.settings.queue)
-        if connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar():
-            self._connection = connection
-            return True
+        try:
+            locked = connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": key})
+            if locked.scalar():
+                self._connection = connection
+                return True
+        except BaseException:
+            connection.close()
+            raise
         connection.close()
         return False
 

@@ -426,9 +426,9 @@ def pause_edition(session: Session, edition_id: int, now: datetime, reason: str)
 
 def reconcile(session: Session, now: datetime) -> dict[int, int]:
     """Settle what the database says is overdue: rows whose lease ran out inside the SMTP
-    window become ``unknown``; deferred rows whose retry is due are queued again, those of
-    cancelled editions cancelled. Returns
-    {edition id: rows queued again}, for the caller to dispatch."""
+    window become ``unknown``; deferred rows whose retry is due are queued again; rows of
+    cancelled editions are cancelled. Returns {edition id: rows queued again}, for the caller
+    to dispatch."""
     expired = session.execute(
         update(Delivery)
         .where(Delivery.state == DeliveryState.SENDING, Delivery.lease_until < now)
