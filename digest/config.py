@@ -50,6 +50,8 @@ class Settings:
     send_rate: float | None
     # Messages per second per destination domain (lower-case), for the domains listed.
     domain_rates: dict[str, float]
+    # VERP return paths at this domain (digest.verp); None: bounces go to the From address.
+    bounce_domain: str | None
     # DKIM signing (d= is the From address's domain): both set, or neither.
     dkim_selector: str | None
     dkim_key: bytes | None = field(repr=False)  # never in a log line or a traceback
@@ -187,6 +189,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         batch_size=int(_number(env, "DIGEST_BATCH_SIZE", "100", int)),
         tick_seconds=_number(env, "DIGEST_TICK_SECONDS", "15", float),
         **_dkim(env),
+        bounce_domain=env.get("DIGEST_BOUNCE_DOMAIN", "").strip().lower() or None,
         domain_rates=_domain_rates(env.get("DIGEST_DOMAIN_RATES", "")),
         send_rate=(
             _number(env, "DIGEST_SEND_RATE", "1", float) if env.get("DIGEST_SEND_RATE") else None

@@ -22,8 +22,6 @@ Invariants:
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import math
 import random
@@ -54,6 +52,7 @@ from digest.models import Delivery, DeliveryState, Edition, Link, Subscriber, ut
 from digest.rate_limit import SendRateLimit
 from digest.render import render_edition
 from digest.tokens import TokenSigner
+from digest.verp import short_mac, verp_address
 
 log = logging.getLogger(__name__)
 
@@ -183,11 +182,7 @@ def message_id(settings: Settings, domain: str, edition_id: int, delivery_id: in
     """Stable per delivery (a resend is recognisably the same message), unguessable across
     installations that share a domain."""
     # The oldest key changes least often under rotation (keys are listed newest first).
-    mac = hmac.new(
-        settings.secret_keys[-1].encode(),
-        f"message-id:{edition_id}.{delivery_id}".encode(),
-        hashlib.sha256,
-    ).hexdigest()[:12]
+    mac = short_mac(settings.secret_keys[-1], f"message-id:{edition_id}.{delivery_id}")
     return f"<{edition_id}.{delivery_id}.{mac}@{domain}>"
 
 
@@ -199,11 +194,20 @@ class EditionMailer:
         self.edition = edition
         self.newsletter = edition.newsletter
         self.from_address = self.newsletter.from_address or settings.from_address
-        self.envelope_from = parseaddr(self.from_address)[1]
-        self.domain = self.envelope_from.rpartition("@")[2]
+        self.sender_address = parseaddr(self.from_address)[1]
+        self.domain = self.sender_address.rpartition("@")[2]
         self.signer = TokenSigner(settings.secret_keys)
         self.link_urls = dict(
             session.execute(select(Link.id, Link.url).where(Link.edition_id == edition.id)).all()
+        )
+
+    def envelope_from(self, recipient: Recipient) -> str:
+        """The SMTP envelope sender (where bounces go): the delivery's VERP address when
+        DIGEST_BOUNCE_DOMAIN is set, else the From address."""
+        if self.settings.bounce_domain is None:
+            return self.sender_address
+        return verp_address(
+            self.settings.secret_keys, self.settings.bounce_domain, recipient.delivery_id
         )
 
     def message(self, recipient: Recipient, now: datetime) -> bytes:
@@ -269,7 +273,7 @@ def _hand_over(
     key = f"{mailer.edition.id}-{delivery_id}"
     try:
         if not sender.send(
-            mailer.envelope_from,
+            mailer.envelope_from(recipient),
             recipient.email,
             message,
             key,

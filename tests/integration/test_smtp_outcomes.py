@@ -10,6 +10,7 @@ from digest import sending
 from digest.config import Settings, load_settings
 from digest.db import session_factory
 from digest.models import Delivery, DeliveryState, Subscriber, utcnow
+from digest.verp import delivery_of
 from tests.support import prepare_sample_edition, send_until_done
 
 
@@ -66,3 +67,24 @@ def test_4xx_defers_5xx_fails_and_a_drop_after_the_dot_is_unknown(env, smtp_sink
         "reader004@example.org": 1,
         "reader005@example.org": 1,
     }
+
+
+def test_each_delivery_has_its_own_signed_return_path(env, smtp_sink) -> None:
+    env.update(DIGEST_SMTP_URL=smtp_sink.url, DIGEST_BOUNCE_DOMAIN="Bounces.News.Example.com")
+    settings = load_settings(env)
+    sessions = session_factory(settings.database_url)
+    edition = prepare_sample_edition(settings, 3)
+    send_until_done(settings, edition.id)
+    rows = _states_by_email(sessions, edition.id)
+    for rcpt, messages in smtp_sink.by_recipient().items():
+        (message,) = messages
+        assert message.mail_from.endswith("@bounces.news.example.com")
+        assert delivery_of(settings.secret_keys, message.mail_from) == rows[rcpt].id
+
+
+def test_without_a_bounce_domain_bounces_go_to_the_sender(env, smtp_sink) -> None:
+    env["DIGEST_SMTP_URL"] = smtp_sink.url
+    settings = load_settings(env)
+    edition = prepare_sample_edition(settings, 2)
+    send_until_done(settings, edition.id)
+    assert {m.mail_from for m in smtp_sink.messages} == {"digest@news.example.com"}
