@@ -28,9 +28,9 @@ from digest.db import migrate, session_factory
 from digest.editions import prepare_edition
 from digest.fetch import Fetcher
 from digest.ingest import ingest_source
-from digest.models import Edition, Newsletter, utcnow
+from digest.models import FINAL_DELIVERY_STATES, Edition, Newsletter, utcnow
 from digest.sample_site import demo_newsletter, register_sample_sources
-from digest.sending import send_batch
+from digest.sending import delivery_counts, send_batch
 
 
 def free_port() -> int:
@@ -168,6 +168,18 @@ def worker_command(env: dict[str, str]) -> list[str]:
     schedule = Path(env["DIGEST_DATA_DIR"]) / "celerybeat-schedule"
     return [sys.executable, "-m", "celery", "-A", "tasks.app", "worker", "--beat",
             "--schedule", str(schedule), "--concurrency", "2"]  # fmt: skip
+
+
+def all_final(settings: Settings, edition_id: int, total: int) -> Callable[[], bool]:
+    """A wait_until predicate: all ``total`` deliveries of the edition are in a final state."""
+    sessions = session_factory(settings.database_url)
+
+    def check() -> bool:
+        with sessions() as session:
+            counts = delivery_counts(session, edition_id)
+        return sum(counts[s] for s in FINAL_DELIVERY_STATES) == total
+
+    return check
 
 
 def settled_count(count: Callable[[], int], expected: int, what: str) -> None:

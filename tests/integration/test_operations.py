@@ -20,13 +20,14 @@ from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, select, text
 
-from digest.config import Settings, load_settings
+from digest.config import load_settings
 from digest.db import migrate, session_factory
-from digest.models import FINAL_DELIVERY_STATES, Delivery, DeliveryState, Subscriber
+from digest.models import Delivery, DeliveryState, Subscriber
 from digest.sending import delivery_counts
 from tests.conftest import RABBITMQ_URL
 from tests.support import (
     Service,
+    all_final,
     free_port,
     parse_message,
     prepare_sample_edition,
@@ -52,17 +53,6 @@ def _metrics(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for family in text_string_to_metric_families(response.text)
         for sample in family.samples
     }
-
-
-def _all_final(settings: Settings, edition_id: int, total: int) -> Callable[[], bool]:
-    sessions = session_factory(settings.database_url)
-
-    def check() -> bool:
-        with sessions() as session:
-            counts = delivery_counts(session, edition_id)
-        return sum(counts[s] for s in FINAL_DELIVERY_STATES) == total
-
-    return check
 
 
 # --- health -------------------------------------------------------------------------------
@@ -172,7 +162,7 @@ def test_a_send_seen_through_metrics_logs_and_events(
 
     with TaskEvents(RABBITMQ_URL) as events:
         worker = start_worker(watched_env)
-        wait_until(_all_final(settings, edition.id, 5), 120, "the edition to be sent")
+        wait_until(all_final(settings, edition.id, 5), 120, "the edition to be sent")
         sent = _metrics(base)  # within the minute the rate is taken over
         assert sent[("digest_send_rate_per_second", ())] == pytest.approx(4 / 60)
         # Every task the worker runs starts at zero failures, so a first failure is an increase.
