@@ -474,13 +474,14 @@ def _status_line(status: EditionStatus) -> str:
 
 
 def _control(
-    action: Callable[[Session, int, datetime], EditionStatus], edition_id: int
+    session: Session,
+    action: Callable[[Session, int, datetime], EditionStatus],
+    edition_id: int,
 ) -> EditionStatus:
-    with _session(_settings()) as session:
-        try:
-            status = action(session, edition_id, utcnow())
-        except (EditionNotFound, EditionStateError) as exc:
-            raise click.ClickException(str(exc)) from exc
+    try:
+        status = action(session, edition_id, utcnow())
+    except (EditionNotFound, EditionStateError) as exc:
+        raise click.ClickException(str(exc)) from exc
     click.echo(_status_line(status))
     return status
 
@@ -490,26 +491,31 @@ def _control(
 @click.option("--watch", is_flag=True, help="Print the status every 2 s until sending stops.")
 def editions_status(edition_id: int, watch: bool) -> None:
     """Progress (final deliveries of all), counts by state, send rate and ETA."""
-    while _control(edition_status, edition_id).state == "sending" and watch:
-        time.sleep(2)
+    with _session(_settings()) as session:
+        while _control(session, edition_status, edition_id).state == "sending" and watch:
+            session.rollback()  # no transaction held open between looks; fresh rows next time
+            time.sleep(2)
 
 
 @editions.command("pause")
 @click.argument("edition_id", type=int)
 def editions_pause(edition_id: int) -> None:
     """Claim no further batch (one in flight finishes) until resume."""
-    _control(pause, edition_id)
+    with _session(_settings()) as session:
+        _control(session, pause, edition_id)
 
 
 @editions.command("resume")
 @click.argument("edition_id", type=int)
 def editions_resume(edition_id: int) -> None:
     """Send the rest, from the next beat tick."""
-    _control(resume, edition_id)
+    with _session(_settings()) as session:
+        _control(session, resume, edition_id)
 
 
 @editions.command("cancel")
 @click.argument("edition_id", type=int)
 def editions_cancel(edition_id: int) -> None:
     """Cancel every delivery not yet handed to the relay; what is sent stays sent."""
-    _control(cancel, edition_id)
+    with _session(_settings()) as session:
+        _control(session, cancel, edition_id)
