@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
@@ -22,13 +22,24 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from sqlalchemy import select
 
 from digest.config import Settings
 from digest.db import migrate, session_factory
 from digest.editions import prepare_edition
 from digest.fetch import Fetcher
 from digest.ingest import ingest_source
-from digest.models import FINAL_DELIVERY_STATES, Edition, Newsletter, utcnow
+from digest.models import (
+    FINAL_DELIVERY_STATES,
+    Click,
+    ClickKind,
+    Delivery,
+    Edition,
+    Newsletter,
+    Open,
+    OpenKind,
+    utcnow,
+)
 from digest.sample_site import demo_newsletter, register_sample_sources
 from digest.sending import delivery_counts, send_batch
 
@@ -212,6 +223,33 @@ def prepare_sample_edition(settings: Settings, subscribers: int) -> Edition:
         now = utcnow()
         newsletter = session.get_one(Newsletter, newsletter_id)
         return prepare_edition(session, newsletter, now.date(), now)
+
+
+def sent_with_engagement(
+    settings: Settings,
+    subscribers: int,
+    opens: Sequence[OpenKind],
+    clicks: Sequence[tuple[int, ClickKind]],
+) -> tuple[Edition, dict[str, Any]]:
+    """The sample edition sent to ``subscribers`` readers, then events recorded as if tracked:
+    ``opens[n]`` for the n-th delivery, and each (n, kind) a click on the first story by the
+    n-th delivery. Returns the edition and its first story item (story_id, link_id...)."""
+    edition = prepare_sample_edition(settings, subscribers)
+    send_until_done(settings, edition.id)
+    first = edition.content["blocks"][0]["items"][0]
+    with session_factory(settings.database_url)() as session:
+        deliveries = session.scalars(
+            select(Delivery.id).where(Delivery.edition_id == edition.id).order_by(Delivery.id)
+        ).all()
+        session.add_all(
+            [Open(delivery_id=deliveries[n], kind=kind) for n, kind in enumerate(opens)]
+            + [
+                Click(link_id=first["link_id"], delivery_id=deliveries[n], kind=kind)
+                for n, kind in clicks
+            ]
+        )
+        session.commit()
+    return edition, first
 
 
 def send_until_done(settings: Settings, edition_id: int) -> None:

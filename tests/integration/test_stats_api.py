@@ -7,13 +7,11 @@ import io
 
 import httpx
 import pytest
-from sqlalchemy import select
 
 from digest.config import Settings, load_settings
-from digest.db import session_factory
-from digest.models import Click, ClickKind, Delivery, Open, OpenKind
+from digest.models import ClickKind, OpenKind
 from digest.stats import CSV_COLUMNS
-from tests.support import prepare_sample_edition, send_until_done
+from tests.support import sent_with_engagement
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -29,24 +27,12 @@ def settings(env: dict[str, str], postgres_url: str) -> Settings:
 def edition(settings: Settings) -> dict[str, int]:
     """A sent edition: two readers open it, one of them clicks the first story twice, a
     privacy proxy prefetches and a scanner follows the link."""
-    edition = prepare_sample_edition(settings, SUBSCRIBERS)
-    send_until_done(settings, edition.id)
-    first = edition.content["blocks"][0]["items"][0]
-    with session_factory(settings.database_url)() as session:
-        d = session.scalars(
-            select(Delivery).where(Delivery.edition_id == edition.id).order_by(Delivery.id)
-        ).all()
-        session.add_all(
-            [
-                Open(delivery_id=d[0].id, kind=OpenKind.HUMAN),
-                Open(delivery_id=d[1].id, kind=OpenKind.HUMAN),
-                Open(delivery_id=d[2].id, kind=OpenKind.PREFETCH),
-                Click(link_id=first["link_id"], delivery_id=d[0].id, kind=ClickKind.HUMAN),
-                Click(link_id=first["link_id"], delivery_id=d[0].id, kind=ClickKind.HUMAN),
-                Click(link_id=first["link_id"], delivery_id=d[3].id, kind=ClickKind.SCANNER),
-            ]
-        )
-        session.commit()
+    edition, first = sent_with_engagement(
+        settings,
+        SUBSCRIBERS,
+        opens=[OpenKind.HUMAN, OpenKind.HUMAN, OpenKind.PREFETCH],
+        clicks=[(0, ClickKind.HUMAN), (0, ClickKind.HUMAN), (3, ClickKind.SCANNER)],
+    )
     return {"id": edition.id, "story_id": first["story_id"], "link_id": first["link_id"]}
 
 

@@ -10,14 +10,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from sqlalchemy import select
 
 from digest.cli import main
 from digest.config import load_settings
-from digest.db import session_factory
-from digest.models import Click, ClickKind, Delivery, Open, OpenKind
+from digest.models import ClickKind, OpenKind
 from digest.stats import CSV_COLUMNS
-from tests.support import prepare_sample_edition, send_until_done
+from tests.support import sent_with_engagement
 
 SUBSCRIBERS = 4
 
@@ -38,24 +36,12 @@ def digest(env: dict[str, str]) -> Callable[..., Result]:
 def edition(env: dict[str, str]) -> dict[str, object]:
     """Sent to four readers; one reads and clicks the first story, a bot clicks it too, and
     Apple prefetches for another reader."""
-    settings = load_settings(env)
-    edition = prepare_sample_edition(settings, SUBSCRIBERS)
-    send_until_done(settings, edition.id)
-    first = edition.content["blocks"][0]["items"][0]
-    with session_factory(settings.database_url)() as session:
-        d = session.scalars(
-            select(Delivery).where(Delivery.edition_id == edition.id).order_by(Delivery.id)
-        ).all()
-        session.add_all(
-            [
-                Open(delivery_id=d[0].id, kind=OpenKind.HUMAN),
-                Open(delivery_id=d[1].id, kind=OpenKind.PREFETCH),
-                Click(link_id=first["link_id"], delivery_id=d[0].id, kind=ClickKind.HUMAN),
-                Click(link_id=first["link_id"], delivery_id=d[0].id, kind=ClickKind.HUMAN),
-                Click(link_id=first["link_id"], delivery_id=d[2].id, kind=ClickKind.BOT),
-            ]
-        )
-        session.commit()
+    edition, first = sent_with_engagement(
+        load_settings(env),
+        SUBSCRIBERS,
+        opens=[OpenKind.HUMAN, OpenKind.PREFETCH],
+        clicks=[(0, ClickKind.HUMAN), (0, ClickKind.HUMAN), (2, ClickKind.BOT)],
+    )
     stories = sum(len(block["items"]) for block in edition.content["blocks"])
     return {"id": edition.id, "first": first, "stories": stories}
 
