@@ -12,7 +12,7 @@ from datetime import date, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from sqlalchemy import insert, literal, select
+from sqlalchemy import insert, literal, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -20,6 +20,7 @@ from digest.models import (
     Delivery,
     DeliveryState,
     Edition,
+    Frequency,
     Link,
     Newsletter,
     Subscriber,
@@ -135,7 +136,12 @@ def prepare_edition(
     }
     edition.content = content
 
-    # The audience, frozen in one statement: every active subscriber of the newsletter.
+    # The audience, frozen in one statement: every active subscriber of the newsletter who
+    # takes this day's edition (daily, or weekly on the newsletter's weekday), is not on a
+    # pause of their own and was not paused by a sunset.
+    takes_today = Subscription.frequency == Frequency.DAILY
+    if issue_date.weekday() == newsletter.weekly_day:
+        takes_today = or_(takes_today, Subscription.frequency == Frequency.WEEKLY)
     audience = (
         select(
             literal(edition.id),
@@ -149,6 +155,9 @@ def prepare_edition(
             Subscription.newsletter_id == newsletter.id,
             Subscription.active.is_(True),
             Subscriber.status == SubscriberStatus.ACTIVE,
+            takes_today,
+            or_(Subscription.paused_until.is_(None), Subscription.paused_until <= issue_date),
+            Subscription.sunset_at.is_(None),
         )
     )
     session.execute(

@@ -91,6 +91,22 @@ class SubscriberStatus(enum.StrEnum):
     PENDING = "pending"
     ACTIVE = "active"
     UNSUBSCRIBED = "unsubscribed"
+    # On the suppression list (hard bounce, complaint, too many soft bounces, by hand): never
+    # mailed again, whatever their subscriptions say.
+    SUPPRESSED = "suppressed"
+    # Personal data erased on request (GDPR art. 17); the row stays so counts stay true.
+    ERASED = "erased"
+
+
+class Frequency(enum.StrEnum):
+    DAILY = "daily"
+    WEEKLY = "weekly"
+
+
+class BounceKind(enum.StrEnum):
+    HARD = "hard"
+    SOFT = "soft"
+    COMPLAINT = "complaint"
 
 
 class DeliveryState(enum.StrEnum):
@@ -233,6 +249,15 @@ class Newsletter(Base):
     slug: Mapped[str] = mapped_column(String(100), unique=True)
     name: Mapped[str] = mapped_column(String(200))
     from_address: Mapped[str | None] = mapped_column(String(320))
+    reply_to: Mapped[str | None] = mapped_column(String(320))
+    # templates/email/<template>.html and .txt
+    template: Mapped[str] = mapped_column(String(100), default="digest", server_default="digest")
+    # The sections a reader may choose from in the preference centre; empty: no choice offered.
+    sections: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Weekly readers receive the edition of this weekday (0 = Monday).
+    weekly_day: Mapped[int] = mapped_column(default=0, server_default="0")
+    # Shown on the subscribe form; the consent log records a hash of the text agreed to.
+    consent_text: Mapped[str] = mapped_column(Text, default="", server_default="")
     # Hour of day (UTC) at which the beat prepares the daily edition; None = sent by hand only.
     send_hour_utc: Mapped[int | None]
     must_read_limit: Mapped[int] = mapped_column(default=5)
@@ -250,8 +275,73 @@ class Subscription(Base):
     subscriber_id: Mapped[int] = mapped_column(
         ForeignKey("subscribers.id", ondelete="CASCADE"), index=True
     )
+    # Receives editions: confirmed and not unsubscribed (a pending sign-up is not active).
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    confirmed_at: Mapped[datetime | None]
+    unsubscribed_at: Mapped[datetime | None]
+    # The reader's choices in the preference centre. sections: None = every section.
+    sections: Mapped[list[str] | None] = mapped_column(JSON)
+    frequency: Mapped[Frequency] = mapped_column(
+        _enum(Frequency), default=Frequency.DAILY, server_default=Frequency.DAILY.value
+    )
+    # Local hour (in the subscriber's time zone) the reader would like the edition; None: the
+    # newsletter's own hour.
+    send_hour: Mapped[int | None]
+    # No editions until this day (the reader's holiday).
+    paused_until: Mapped[date | None] = mapped_column(Date)
+    # Sunset: the one re-engagement message went out at; then paused at, if nothing followed.
+    reengagement_sent_at: Mapped[datetime | None]
+    sunset_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Suppression(Base):
+    """An address never to be mailed again, kept as a hash so that it outlives the erasure of
+    the subscriber's data and still stops a re-import of the same address."""
+
+    __tablename__ = "suppressions"
+
+    address_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(30))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ConsentEvent(Base):
+    """The consent log: append-only (triggers refuse UPDATE and DELETE), and free of personal
+    data (a hash of the address, a truncated IP), so that an erasure leaves it whole."""
+
+    __tablename__ = "consent_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    address_hash: Mapped[str] = mapped_column(String(64), index=True)
+    # A plain number, not a foreign key: deleting a newsletter must not rewrite the log.
+    newsletter_id: Mapped[int | None]
+    action: Mapped[str] = mapped_column(String(30))
+    source: Mapped[str] = mapped_column(String(30))
+    # Indexed for the sign-up form's rate limit per network.
+    ip_prefix: Mapped[str | None] = mapped_column(String(64), index=True)
+    consent_version: Mapped[str | None] = mapped_column(String(20))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Bounce(Base):
+    """A bounce or complaint as reported, once per report and recipient (report_key)."""
+
+    __tablename__ = "bounces"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    report_key: Mapped[str] = mapped_column(String(64), unique=True)
+    delivery_id: Mapped[int | None] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="SET NULL"), index=True
+    )
+    subscriber_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="SET NULL"), index=True
+    )
+    kind: Mapped[BounceKind] = mapped_column(_enum(BounceKind))
+    status: Mapped[str] = mapped_column(String(30), default="")
+    detail: Mapped[str] = mapped_column(Text, default="")
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Edition(Base):

@@ -44,6 +44,9 @@ def render_edition(
     content: Mapping[str, Any],
     href: Callable[[int], str],
     open_pixel_url: str | None,
+    *,
+    unsubscribe_url: str,
+    preferences_url: str,
 ) -> RenderedMessage:
     """``href`` maps a frozen item's link id to the URL this recipient should see."""
     blocks = [
@@ -59,6 +62,8 @@ def render_edition(
         "preheader": preheader,
         "blocks": blocks,
         "open_pixel_url": open_pixel_url,
+        "unsubscribe_url": unsubscribe_url,
+        "preferences_url": preferences_url,
     }
     env = environment()
     return RenderedMessage(

@@ -52,7 +52,7 @@ from digest.models import Delivery, DeliveryState, Edition, Link, Subscriber, ut
 from digest.rate_limit import SendRateLimit
 from digest.render import render_edition
 from digest.tokens import TokenSigner
-from digest.verp import short_mac, verp_address
+from digest.verp import UNSUBSCRIBE, short_mac, tagged_address, verp_address
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +221,11 @@ class EditionMailer:
             return f"{base}/c/{self.signer.click_token(link_id, recipient.delivery_id)}"
 
         pixel = f"{base}/o/{self.signer.open_token(recipient.delivery_id)}" if tracked else None
+        token = self.signer.unsubscribe_token(
+            recipient.subscriber_id, self.newsletter.id, recipient.delivery_id
+        )
+        unsubscribe = f"{base}/u/{token}"
+        preferences = self.signer.preferences_token(recipient.subscriber_id, self.newsletter.id)
         rendered = render_edition(
             self.newsletter.name,
             self.edition.subject,
@@ -228,12 +233,19 @@ class EditionMailer:
             self.edition.content,
             href,
             pixel,
+            unsubscribe_url=unsubscribe,
+            preferences_url=f"{base}/p/{preferences}",
         )
         list_id = f"{self.newsletter.slug}.{self.domain}"
-        token = self.signer.unsubscribe_token(
-            recipient.subscriber_id, self.newsletter.id, recipient.delivery_id
+        # Read back from the inbound mailbox (digest.inbound): RFC 8058 asks for https, and
+        # clients without one-click support use the mailto.
+        mailto = tagged_address(
+            self.settings.secret_keys,
+            UNSUBSCRIBE,
+            self.settings.bounce_domain or self.domain,
+            recipient.delivery_id,
         )
-        unsubscribe = f"{base}/u/{token}"
+        reply_to = [("Reply-To", self.newsletter.reply_to)] if self.newsletter.reply_to else []
         message = compose(
             sender=self.from_address,
             recipient=recipient.email,
@@ -246,7 +258,8 @@ class EditionMailer:
             date=now,
             headers=[
                 ("List-Id", f"{self.newsletter.name} <{list_id}>"),
-                ("List-Unsubscribe", f"<{unsubscribe}>"),
+                *reply_to,
+                ("List-Unsubscribe", f"<{unsubscribe}>, <mailto:{mailto}?subject=unsubscribe>"),
                 ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
                 # Gmail's feedback loop: complaint rates per campaign:customer:type:sender.
                 (

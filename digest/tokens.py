@@ -7,11 +7,16 @@ verifies with all of them, so the list is reversed: rotating in a new key keeps 
 
 from __future__ import annotations
 
-from itsdangerous import BadSignature, URLSafeSerializer
+from itsdangerous import BadSignature, URLSafeSerializer, URLSafeTimedSerializer
 
 CLICK = "click-v1"
 OPEN = "open-v1"
 UNSUBSCRIBE = "unsubscribe-v1"
+CONFIRM = "confirm-v1"
+PREFERENCES = "preferences-v1"
+
+# A confirmation link older than this proves nothing about who holds the mailbox now.
+CONFIRM_MAX_AGE_SECONDS = 7 * 24 * 3600
 
 
 MAX_ID = 2**63 - 1  # BIGINT: a larger id cannot name a row, and would fail the query
@@ -28,6 +33,8 @@ class TokenSigner:
         self._click = URLSafeSerializer(keys, salt=CLICK)
         self._open = URLSafeSerializer(keys, salt=OPEN)
         self._unsubscribe = URLSafeSerializer(keys, salt=UNSUBSCRIBE)
+        self._confirm = URLSafeTimedSerializer(keys, salt=CONFIRM)
+        self._preferences = URLSafeSerializer(keys, salt=PREFERENCES)
 
     def click_token(self, link_id: int, delivery_id: int | None) -> str:
         return self._click.dumps([link_id, delivery_id])
@@ -69,3 +76,30 @@ class TokenSigner:
         if not isinstance(ids, list) or len(ids) not in (2, 3) or not all(map(_is_id, ids)):
             return None
         return ids[0], ids[1], ids[2] if len(ids) == 3 else None
+
+    def confirm_token(self, subscriber_id: int, newsletter_id: int) -> str:
+        """Double opt-in: signed and dated, refused after CONFIRM_MAX_AGE_SECONDS."""
+        return self._confirm.dumps([subscriber_id, newsletter_id])
+
+    def read_confirm_token(self, token: str) -> tuple[int, int] | None:
+        try:
+            ids = self._confirm.loads(token, max_age=CONFIRM_MAX_AGE_SECONDS)
+        except BadSignature:  # SignatureExpired is one
+            return None
+        return _id_pair(ids)
+
+    def preferences_token(self, subscriber_id: int, newsletter_id: int) -> str:
+        return self._preferences.dumps([subscriber_id, newsletter_id])
+
+    def read_preferences_token(self, token: str) -> tuple[int, int] | None:
+        try:
+            ids = self._preferences.loads(token)
+        except BadSignature:
+            return None
+        return _id_pair(ids)
+
+
+def _id_pair(ids: object) -> tuple[int, int] | None:
+    if not isinstance(ids, list) or len(ids) != 2 or not all(map(_is_id, ids)):
+        return None
+    return ids[0], ids[1]

@@ -5,7 +5,7 @@ accident."""
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -13,7 +13,6 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from digest.config import Settings
 from digest.edition_control import (
     EditionStateError,
     EditionStatus,
@@ -31,20 +30,16 @@ from digest.stats import (
     social_report,
     to_csv,
 )
+from digest.web.deps import DB, app_settings
 
 _bearer = HTTPBearer(auto_error=False)
-
-
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
 
 
 def require_token(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    tokens = _settings(request).api_tokens
+    tokens = app_settings(request).api_tokens
     if not tokens:
         raise HTTPException(503, "the API is disabled: set DIGEST_API_TOKENS to enable it")
     given = credentials.credentials.encode() if credentials else b""
@@ -52,13 +47,6 @@ def require_token(
     if not any([hmac.compare_digest(given, token.encode()) for token in tokens]):
         raise HTTPException(401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"})
 
-
-def api_session(request: Request) -> Iterator[Session]:
-    with request.app.state.sessions() as session:
-        yield session
-
-
-ApiSession = Annotated[Session, Depends(api_session)]
 
 router = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
 
@@ -71,7 +59,7 @@ def _report(session: Session, edition_id: int) -> EditionReport:
 
 
 @router.get("/editions/{edition_id}/stats", responses={404: {"description": "No such edition"}})
-def get_edition_stats(edition_id: int, session: ApiSession) -> EditionReport:
+def get_edition_stats(edition_id: int, session: DB) -> EditionReport:
     """The edition's summary, then per story (in sending order), per link and per section.
 
     Human numbers are the headline; machine traffic is reported per kind beside it. "Unique"
@@ -90,7 +78,7 @@ def get_edition_stats(edition_id: int, session: ApiSession) -> EditionReport:
         404: {"description": "No such edition"},
     },
 )
-def get_edition_stats_csv(edition_id: int, session: ApiSession) -> Response:
+def get_edition_stats_csv(edition_id: int, session: DB) -> Response:
     """The same rows as `digest stats EDITION_ID --csv`."""
     return Response(
         to_csv(_report(session, edition_id)),
@@ -100,7 +88,7 @@ def get_edition_stats_csv(edition_id: int, session: ApiSession) -> Response:
 
 
 @router.get("/social/stats")
-def get_social_stats(session: ApiSession) -> SocialReport:
+def get_social_stats(session: DB) -> SocialReport:
     """Clicks on every social post's tracked link, per post and per account. Human clicks are
     the headline; shared links have no delivery, so "human_networks" (distinct truncated
     networks) approximates how many people clicked."""
@@ -125,25 +113,25 @@ _CONTROL_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("/editions/{edition_id}/status", responses={404: {"description": "No such edition"}})
-def get_edition_status(edition_id: int, session: ApiSession) -> EditionStatus:
+def get_edition_status(edition_id: int, session: DB) -> EditionStatus:
     """Progress, counts by delivery state, send rate over the last minute and ETA (null when
     not sending). `state` is sending, paused, sent or cancelled."""
     return _control(edition_status, session, edition_id)
 
 
 @router.post("/editions/{edition_id}/pause", responses=_CONTROL_RESPONSES)
-def post_edition_pause(edition_id: int, session: ApiSession) -> EditionStatus:
+def post_edition_pause(edition_id: int, session: DB) -> EditionStatus:
     """No further batch is claimed (one in flight finishes) until resume."""
     return _control(pause, session, edition_id)
 
 
 @router.post("/editions/{edition_id}/resume", responses=_CONTROL_RESPONSES)
-def post_edition_resume(edition_id: int, session: ApiSession) -> EditionStatus:
+def post_edition_resume(edition_id: int, session: DB) -> EditionStatus:
     """The rest is sent from the next beat tick."""
     return _control(resume, session, edition_id)
 
 
 @router.post("/editions/{edition_id}/cancel", responses=_CONTROL_RESPONSES)
-def post_edition_cancel(edition_id: int, session: ApiSession) -> EditionStatus:
+def post_edition_cancel(edition_id: int, session: DB) -> EditionStatus:
     """Every delivery not yet handed to the relay is cancelled; what is sent stays sent."""
     return _control(cancel, session, edition_id)

@@ -1,4 +1,5 @@
-"""Public routes: tracked clicks, the open pixel, one-click unsubscribe, health.
+"""The web app: tracked clicks and the open pixel, health and metrics; the reader's pages
+(digest.web.reader_pages) and the JSON API (digest.web.api) are routers mounted here.
 
 Routes translate HTTP into calls on the domain and back; they hold no logic of their own. The
 click and open routes never wait for the database: the link's target comes from a cache (links
@@ -19,12 +20,12 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator, MutableMapping
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, MutableMapping
+from typing import Any
 from urllib.parse import quote
 
-from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi import Depends, FastAPI
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -38,25 +39,15 @@ from digest.logs import configure_logging
 from digest.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from digest.metrics import render as render_metrics
 from digest.models import utcnow
-from digest.render import environment
-from digest.subscriptions import unsubscribe
 from digest.tokens import TokenSigner
 from digest.tracking import USER_AGENT_MAX, link_target, truncate_ip
-from digest.web import api
+from digest.web import api, reader_pages
+from digest.web.deps import NO_STORE
 
 log = logging.getLogger(__name__)
 
 # The smallest transparent GIF.
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
-NO_STORE = {"Cache-Control": "no-store, max-age=0"}
-
-
-def _session(request: Request) -> Iterator[Session]:
-    with request.app.state.sessions() as session:
-        yield session
-
-
-DB = Annotated[Session, Depends(_session)]
 
 
 class LinkCache:
@@ -248,28 +239,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Newsroom Digest", version=__version__, lifespan=lifespan)
     app.state.sessions = sessions
     app.state.settings = settings
+    app.state.signer = signer
     app.include_router(api.router)
+    app.include_router(reader_pages.router)
 
     app.add_middleware(TrackingRoutes, tracking=tracking)
-
-    def page(template: str, status_code: int = 200, **context: object) -> HTMLResponse:
-        body = environment().get_template(f"web/{template}").render(context)
-        return HTMLResponse(body, status_code=status_code, headers=NO_STORE)
-
-    @app.get("/u/{token}", response_class=HTMLResponse)
-    def unsubscribe_page(token: str) -> HTMLResponse:
-        if signer.read_unsubscribe_token(token) is None:
-            raise HTTPException(status_code=404)
-        return page("unsubscribe.html", token=token, done=False, newsletter=None)
-
-    @app.post("/u/{token}", response_class=HTMLResponse)
-    def unsubscribe_now(token: str, session: DB) -> HTMLResponse:
-        """RFC 8058 one-click: no login, no cookie, no redirect; effective at once."""
-        ids = signer.read_unsubscribe_token(token)
-        if ids is None:
-            raise HTTPException(status_code=404)
-        newsletter = unsubscribe(session, *ids)
-        return page("unsubscribe.html", token=token, done=True, newsletter=newsletter)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

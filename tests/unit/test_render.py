@@ -62,6 +62,8 @@ def render(
         content,
         href,
         open_pixel_url,
+        unsubscribe_url="https://news.example.com/u/UNSUB",
+        preferences_url="https://news.example.com/p/PREFS",
     )
 
 
@@ -144,3 +146,9 @@ def test_preheader_is_in_the_html(rendered):
 def test_subject_is_passed_through(rendered):
     assert rendered.subject == "Example News Daily: Kim Jong Un’s Achievements"
     assert "<title>Example News Daily: Kim Jong Un’s Achievements</title>" in rendered.html
+
+
+def test_every_message_links_to_unsubscribe_and_preferences(rendered):
+    for part in (rendered.html, rendered.text):
+        assert "https://news.example.com/u/UNSUB" in part
+        assert "https://news.example.com/p/PREFS" in part

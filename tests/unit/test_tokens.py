@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 from itsdangerous import URLSafeSerializer
 
-from digest.tokens import CLICK, OPEN, UNSUBSCRIBE, TokenSigner
+from digest.tokens import CLICK, CONFIRM_MAX_AGE_SECONDS, OPEN, UNSUBSCRIBE, TokenSigner
 
 KEYS = ("current-key", "previous-key")
 
@@ -25,6 +26,8 @@ READERS = {
     "click": TokenSigner.read_click_token,
     "open": TokenSigner.read_open_token,
     "unsubscribe": TokenSigner.read_unsubscribe_token,
+    "preferences": TokenSigner.read_preferences_token,
+    "confirm": TokenSigner.read_confirm_token,
 }
 
 
@@ -47,6 +50,7 @@ PURPOSES = {
     "click-no-delivery": Purpose(TokenSigner.click_token, "click", (41, None)),
     "open": Purpose(TokenSigner.open_token, "open", (7,)),
     "unsubscribe": Purpose(TokenSigner.unsubscribe_token, "unsubscribe", (3, 9, 27)),
+    "preferences": Purpose(TokenSigner.preferences_token, "preferences", (3, 9)),
 }
 CROSSED = [(p, r) for p, purpose in PURPOSES.items() for r in READERS if r != purpose.reader]
 
@@ -164,3 +168,20 @@ def test_validly_signed_payload_of_wrong_shape_is_rejected(salt, reader, payload
 def test_hand_signed_payload_of_right_shape_is_accepted(salt, reader, payload, expected):
     # The control for the test above: the rejections come from the shape, not the signing.
     assert reader(TokenSigner(KEYS), _hand_signed(salt, payload)) == expected
+
+
+def test_confirmation_token_round_trip_tamper_and_purpose(signer):
+    token = signer.confirm_token(3, 9)
+
+    assert signer.read_confirm_token(token) == (3, 9)
+    assert signer.read_confirm_token(_other_signature(token)) is None
+    assert signer.read_preferences_token(token) is None
+    assert signer.read_confirm_token(signer.preferences_token(3, 9)) is None
+
+
+def test_confirmation_token_expires(signer, monkeypatch):
+    token = signer.confirm_token(3, 9)
+    later = time.time() + CONFIRM_MAX_AGE_SECONDS + 60
+    monkeypatch.setattr(time, "time", lambda: later)
+
+    assert signer.read_confirm_token(token) is None

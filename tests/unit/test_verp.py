@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from digest.verp import delivery_of, verp_address
+from digest.verp import UNSUBSCRIBE, delivery_of, tagged_address, tagged_delivery, verp_address
 
 KEYS = ("new-key", "old-key")
 
@@ -33,3 +33,13 @@ def test_a_forged_or_foreign_address_is_not_ours() -> None:
 def test_a_new_key_in_front_keeps_old_addresses_readable() -> None:
     address = verp_address(("old-key",), "news.example.com", 99)
     assert delivery_of(("newer-key", "old-key"), address) == 99
+
+
+def test_unsubscribe_addresses_are_signed_apart_from_bounce_addresses() -> None:
+    unsubscribe = tagged_address(KEYS, UNSUBSCRIBE, "news.example.com", 12)
+    assert unsubscribe.startswith("unsubscribe+12-")
+    assert tagged_delivery(KEYS, UNSUBSCRIBE, unsubscribe.upper()) == 12
+    # Neither kind of address is accepted for the other purpose, even with its MAC moved over.
+    assert delivery_of(KEYS, unsubscribe) is None
+    assert delivery_of(KEYS, unsubscribe.replace("unsubscribe+", "bounces+")) is None
+    assert tagged_delivery(KEYS, UNSUBSCRIBE, verp_address(KEYS, "news.example.com", 12)) is None
