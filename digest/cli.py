@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
 import os
 import signal
@@ -9,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from email import policy
 from email.parser import BytesParser
@@ -33,21 +36,34 @@ from digest.feeds import canonical_url
 from digest.fetch import Fetcher
 from digest.health import OK, readiness
 from digest.html_lists import Selectors
+from digest.inbound import read_mailbox
 from digest.ingest import IngestError, ingest_source
 from digest.logs import configure_logging
+from digest.mailboxes import MailboxError
 from digest.models import (
     FINAL_DELIVERY_STATES,
     DeliveryState,
     Edition,
+    Newsletter,
     Source,
     SourceRole,
     Story,
     utcnow,
 )
+from digest.privacy import erase_subscriber, personal_data
 from digest.sample_site import demo_newsletter, register_sample_sources
 from digest.sending import delivery_counts
 from digest.stats import edition_report, to_csv
 from digest.stats_table import render_table
+from digest.subscriber_csv import (
+    MAX_REPORTED_ROWS,
+    CsvError,
+    export_row_count,
+    export_subscribers,
+    import_subscribers,
+)
+from digest.subscriptions import InvalidAddress
+from digest.sunset import run_sunset
 
 DEMO_WAIT_SECONDS = 180
 
@@ -519,3 +535,191 @@ def editions_cancel(edition_id: int) -> None:
     """Cancel every delivery not yet handed to the relay; what is sent stays sent."""
     with _session(_settings()) as session:
         _control(session, cancel, edition_id)
+
+
+@main.group()
+def subscribers() -> None:
+    """Subscribers: CSV in and out, a person's data and its erasure, the sunset."""
+
+
+def _newsletter(session: Session, slug: str) -> Newsletter:
+    newsletter = session.scalars(select(Newsletter).where(Newsletter.slug == slug)).first()
+    if newsletter is None:
+        slugs = ", ".join(session.scalars(select(Newsletter.slug).order_by(Newsletter.slug)))
+        raise click.ClickException(
+            f"there is no newsletter {slug!r}; the newsletters are: {slugs or 'none yet'}"
+        )
+    return newsletter
+
+
+@subscribers.command("import")
+@click.argument(
+    "file", type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path)
+)
+@click.option("--newsletter", "slug", required=True, help="The newsletter's slug.")
+def subscribers_import(file: Path, slug: str) -> None:
+    """Subscribe the addresses in a CSV FILE (- for standard input) to a newsletter, as
+    confirmed subscribers.
+
+    The first line names the columns: email, and optionally name, timezone, sections
+    (separated by semicolons) and frequency (daily or weekly). Bad rows are listed on standard
+    error by line number and skipped; the others go in, a thousand rows per transaction, so the
+    same file can be run again after an interruption. Nobody who unsubscribed or is suppressed
+    is subscribed again. Exits 1 when the file holds rows but not one valid row.
+    """
+    stdin = str(file) == "-"
+    with _session(_settings()) as session, ExitStack() as stack:
+        newsletter = _newsletter(session, slug)
+        raw = sys.stdin.buffer if stdin else stack.enter_context(file.open("rb"))
+        # Bad UTF-8 becomes U+FFFD, which the import reports per row instead of failing the
+        # whole file at the first bad byte.
+        text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
+        # Hand the byte stream back unclosed (standard input is not ours to close).
+        stack.callback(text.detach)
+        if not stdin and file.is_file():
+            # A file's size is known: the bar shows bytes read (the reader is ahead of the
+            # import by one buffer at most).
+            bar = stack.enter_context(
+                click.progressbar(length=file.stat().st_size, label="Importing", file=sys.stderr)
+            )
+
+            def progress(_rows: int) -> None:
+                bar.update(raw.tell() - bar.pos)
+        else:
+            # A stream's length is not: an iterable without one (never iterated) makes the bar
+            # count rows instead.
+            bar = stack.enter_context(
+                click.progressbar(itertools.count(), label="Importing rows", file=sys.stderr)
+            )
+            progress = bar.update
+        try:
+            report = import_subscribers(
+                session, newsletter, text, source="cli import", progress=progress
+            )
+        except CsvError as exc:
+            raise click.ClickException(f"{file}: {exc}") from exc
+    click.echo(
+        f"{newsletter.slug}: {report.imported:,} imported, {report.already_subscribed:,} already "
+        f"subscribed, {report.duplicates:,} duplicates in the file, {report.suppressed:,} "
+        f"suppressed, {report.unsubscribed:,} unsubscribed (left alone), {report.errors:,} "
+        "invalid"
+    )
+    for error in report.first_errors:
+        click.echo(f"line {error.line}: {error.reason}", err=True)
+    if report.unlisted:
+        click.echo(
+            f"... and {report.unlisted:,} more rows not imported "
+            f"(only the first {MAX_REPORTED_ROWS:,} are listed)",
+            err=True,
+        )
+    # Unusable: rows, and not one of them valid. Bad rows beside valid ones that were all
+    # known already (a second run of the same file) are reported, but the file has been
+    # applied: a success, as the first run was.
+    if report.errors and not report.valid:
+        raise SystemExit(1)
+
+
+@subscribers.command("export")
+@click.option(
+    "--newsletter",
+    "slug",
+    default=None,
+    help="Only this newsletter's subscribers; without it, every subscription of everyone.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, writable=True, allow_dash=True, path_type=Path),
+    default="-",
+    show_default=True,
+    help="Write the CSV to FILE, or to standard output with -.",
+)
+def subscribers_export(slug: str | None, output: Path) -> None:
+    """Write subscribers as CSV, one row per subscription (erased subscribers left out).
+
+    Cells a spreadsheet would run as formulas are written behind an apostrophe; `digest
+    subscribers import` reads them back as they were. Progress goes to standard error.
+    """
+    with _session(_settings()) as session, ExitStack() as stack:
+        newsletter = _newsletter(session, slug) if slug else None
+        if str(output) == "-":
+            # UTF-8 whatever the locale says, rows ending in CRLF as RFC 4180 has them.
+            out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="")
+            stack.callback(out.detach)  # flushes, and leaves standard output open
+        else:
+            try:
+                out = stack.enter_context(output.open("w", encoding="utf-8", newline=""))
+            except OSError as exc:
+                raise click.ClickException(f"cannot write {output}: {exc}") from exc
+        total = export_row_count(session, newsletter)
+        with click.progressbar(length=total, label="Exporting", file=sys.stderr) as bar:
+            written = export_subscribers(session, newsletter, out, progress=bar.update)
+    click.echo(f"{written:,} rows written to {output}", err=True)
+
+
+@subscribers.command("data")
+@click.argument("email")
+def subscribers_data(email: str) -> None:
+    """Everything held about EMAIL, as JSON (GDPR access and portability)."""
+    with _session(_settings()) as session:
+        try:
+            data = personal_data(session, email)
+        except InvalidAddress as exc:
+            raise click.ClickException(str(exc)) from exc
+    if data is None:
+        raise click.ClickException(f"we hold no data about {email}")
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+@subscribers.command("erase")
+@click.argument("email")
+@click.confirmation_option(
+    prompt="Erase this person's data? Their counts stay, their address is suppressed."
+)
+def subscribers_erase(email: str) -> None:
+    """Erase the person behind EMAIL (GDPR erasure): address, name and the networks and user
+    agents of their events go; deliveries, opens and clicks keep counting; the address is
+    suppressed, as a hash, so no later import brings it back."""
+    with _session(_settings()) as session:
+        try:
+            erased = erase_subscriber(session, email)
+        except InvalidAddress as exc:
+            raise click.ClickException(str(exc)) from exc
+    if not erased:
+        raise click.ClickException(f"there is no subscriber {email}")
+    click.echo(f"erased {email}")
+
+
+@subscribers.command("sunset")
+def subscribers_sunset() -> None:
+    """Run the daily sunset now: re-engage readers silent for DIGEST_SUNSET_EDITIONS editions,
+    pause those who did not come back within 14 days."""
+    settings = _settings()
+    with _session(settings) as session:
+        result = run_sunset(session, settings, utcnow())
+    click.echo(
+        f"{result.reengaged} asked whether they still read, {result.paused} paused, "
+        f"{result.back} came back"
+    )
+
+
+@main.command()
+@click.option(
+    "--mailbox",
+    default=None,
+    help="maildir:///path, imaps://user:pass@host/FOLDER or imap://… (default: "
+    "DIGEST_INBOUND_MAILBOX).",
+)
+def inbound(mailbox: str | None) -> None:
+    """Read bounces, complaints and mailto unsubscribes from the inbound mailbox now."""
+    settings = _settings()
+    url = mailbox or settings.inbound_mailbox
+    if url is None:
+        raise click.ClickException("no mailbox: pass --mailbox or set DIGEST_INBOUND_MAILBOX")
+    with _session(settings) as session:
+        try:
+            handled, outcome = read_mailbox(session, settings.secret_keys, url)
+        except MailboxError as exc:
+            raise click.ClickException(str(exc)) from exc
+    summary = ", ".join(f"{n} {what}" for what, n in sorted(outcome.items())) or "nothing"
+    click.echo(f"{handled} messages handled: {summary}")

@@ -52,6 +52,11 @@ class Settings:
     domain_rates: dict[str, float]
     # VERP return paths at this domain (digest.verp); None: bounces go to the From address.
     bounce_domain: str | None
+    # Bounces, complaints and mailto unsubscribes are read from here (digest.mailboxes URL);
+    # None: only the webhook receives them.
+    inbound_mailbox: str | None
+    # A subscription whose last this-many editions drew nothing human is sunset (digest.sunset).
+    sunset_editions: int
     # DKIM signing (d= is the From address's domain): both set, or neither.
     dkim_selector: str | None
     dkim_key: bytes | None = field(repr=False)  # never in a log line or a traceback
@@ -190,6 +195,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         tick_seconds=_number(env, "DIGEST_TICK_SECONDS", "15", float),
         **_dkim(env),
         bounce_domain=env.get("DIGEST_BOUNCE_DOMAIN", "").strip().lower() or None,
+        inbound_mailbox=env.get("DIGEST_INBOUND_MAILBOX", "").strip() or None,
+        sunset_editions=int(_number(env, "DIGEST_SUNSET_EDITIONS", "30", int)),
         domain_rates=_domain_rates(env.get("DIGEST_DOMAIN_RATES", "")),
         send_rate=(
             _number(env, "DIGEST_SEND_RATE", "1", float) if env.get("DIGEST_SEND_RATE") else None

@@ -44,6 +44,10 @@ class TransportError(Exception):
 class TransientError(TransportError):
     """This recipient is refused for now (SMTP 4xx): try it again later."""
 
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
 
 class PermanentError(TransportError):
     """This recipient is refused for good (SMTP 5xx)."""
@@ -327,7 +331,7 @@ class SmtpSender:
             raise TransportUnavailable(f"{stage}: {text}")
         if code >= 500:
             raise PermanentError(f"{stage}: {text}", code)
-        raise TransientError(f"{stage}: {text}")
+        raise TransientError(f"{stage}: {text}", code)
 
     def send(
         self,

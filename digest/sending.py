@@ -36,6 +36,8 @@ from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from digest.bounce_reports import ReportKind, classify_smtp_reply
+from digest.bounces import record_bounce
 from digest.config import MAX_BATCH_SECONDS, Settings
 from digest.logs import log_context
 from digest.mail import (
@@ -48,7 +50,15 @@ from digest.mail import (
     dkim_sign,
     open_sender,
 )
-from digest.models import Delivery, DeliveryState, Edition, Link, Subscriber, utcnow
+from digest.models import (
+    BounceKind,
+    Delivery,
+    DeliveryState,
+    Edition,
+    Link,
+    Subscriber,
+    utcnow,
+)
 from digest.rate_limit import SendRateLimit
 from digest.render import render_edition
 from digest.tokens import TokenSigner
@@ -300,12 +310,16 @@ def _hand_over(
     except PermanentError as exc:
         log.warning("delivery %s failed: %s", delivery_id, exc)
         _settle(session, delivery_id, DeliveryState.FAILED, last_error=str(exc))
+        _bounced(session, delivery_id, classify_smtp_reply(exc.code, str(exc)), str(exc))
         return DeliveryState.FAILED
     except TransientError as exc:
         attempts = session.scalar(select(Delivery.attempts).where(Delivery.id == delivery_id))
         if attempts is None or attempts + 1 >= MAX_ATTEMPTS:
             log.warning("delivery %s failed after %s attempts: %s", delivery_id, attempts, exc)
             _settle(session, delivery_id, DeliveryState.FAILED, last_error=str(exc))
+            # Throttling that outlasted the retries is still about our sending, not the
+            # address: classified, it does not count towards suppression.
+            _bounced(session, delivery_id, classify_smtp_reply(exc.code, str(exc)), str(exc))
             return DeliveryState.FAILED
         log.info("delivery %s deferred: %s", delivery_id, exc)
         _settle(
@@ -318,6 +332,22 @@ def _hand_over(
         return DeliveryState.DEFERRED
     _settle(session, delivery_id, DeliveryState.SENT, sent_at=utcnow(), last_error=None)
     return DeliveryState.SENT
+
+
+def _bounced(session: Session, delivery_id: int, kind: ReportKind, reply: str) -> None:
+    """A refusal at SMTP time counts as the bounce it would have come back as: a bad mailbox
+    suppresses the address before the next edition (digest.bounces)."""
+    if kind == ReportKind.IGNORED:
+        return
+    record_bounce(
+        session,
+        delivery_id,
+        BounceKind(kind.value),
+        key=f"smtp:{delivery_id}",
+        detail=reply,
+        now=utcnow(),
+    )
+    session.commit()
 
 
 def _build_and_hand_over(

@@ -9,8 +9,9 @@ it, per kind, and never added in.
 recorded event. A click that carries no delivery (its delivery row was deleted) counts in totals
 but cannot count as a unique reader.
 
-Bounces and complaints are not here on purpose: they are not processed yet, and a zero would
-claim that none happened.
+Bounces and complaints count distinct deliveries with at least one such report, whether it
+came back at SMTP time or later from the bounce mailbox (digest.bounces); throttling and delays
+are not bounces and are never counted.
 
 Every figure comes from a fixed handful of GROUP BY queries, whatever the size of the edition.
 """
@@ -30,6 +31,8 @@ from sqlalchemy.orm import Session
 
 from digest.editions import load_edition
 from digest.models import (
+    Bounce,
+    BounceKind,
     Click,
     ClickKind,
     Delivery,
@@ -79,6 +82,8 @@ class EditionStats:
     # a reader whose mail client blocks images clicks without ever loading the pixel.
     click_to_open_rate: float | None
     unsubscribes: int  # deliveries whose recipient unsubscribed through this edition
+    # Deliveries with a report of each kind, keyed by BounceKind value (hard, soft, complaint).
+    bounces: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -211,6 +216,14 @@ def _summary(session: Session, edition: Edition) -> EditionStats:
         .group_by(Delivery.edition_id, Open.kind),
     ).get(edition.id, {})
     clicks = _click_tallies(session, edition.id, Link.edition_id).get(edition.id, {})
+    bounces = dict.fromkeys([k.value for k in BounceKind], 0)
+    for kind, count in session.execute(
+        select(Bounce.kind, func.count(distinct(Bounce.delivery_id)))
+        .join(Delivery, Delivery.id == Bounce.delivery_id)
+        .where(Delivery.edition_id == edition.id)
+        .group_by(Bounce.kind)
+    ):
+        bounces[BounceKind(kind).value] = count
 
     opens_by_kind = _every_kind(OpenKind, opens)
     clicks_by_kind = _every_kind(ClickKind, clicks)
@@ -232,6 +245,7 @@ def _summary(session: Session, edition: Edition) -> EditionStats:
         click_rate=_rate(human_clicks.unique, sent),
         click_to_open_rate=_rate(human_clicks.unique, human_opens),
         unsubscribes=unsubscribes,
+        bounces=bounces,
     )
 
 

@@ -38,7 +38,8 @@ def _summary_lines(e: EditionStats) -> list[str]:
         f"Click rate      {_percent(e.click_rate)} (unique human clicks / delivered)",
         f"Click-to-open   {_percent(e.click_to_open_rate)} (unique human clicks / human opens)",
         f"Unsubscribes    {e.unsubscribes}",
-        "Bounces and complaints are not processed yet, so they are not shown.",
+        "Bounces         "
+        f"{e.bounces['hard']} hard, {e.bounces['soft']} soft; complaints {e.bounces['complaint']}",
     ]
 
 

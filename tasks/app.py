@@ -38,6 +38,8 @@ settings = load_settings()
 # A batch must finish well inside its delivery lease (digest.sending.LEASE, 10 minutes), or its
 # rows would be declared ``unknown`` while it is still sending.
 TASK_TIME_LIMIT = 300
+# How often the inbound mailbox (bounces, complaints, mailto unsubscribes) is read.
+INBOUND_POLL_SECONDS = 60
 
 
 app = Celery("digest", broker=settings.broker_url, include=["tasks.delivery"])
@@ -73,6 +75,13 @@ app.conf.update(
             "options": {"expires": settings.tick_seconds},
         },
         "purge-tracking": {"task": "digest.purge_tracking", "schedule": 24 * 3600},
+        "sunset": {"task": "digest.sunset", "schedule": 24 * 3600},
+        # Without a mailbox configured the task returns at once; bounces then come by webhook.
+        "inbound": {
+            "task": "digest.process_inbound",
+            "schedule": INBOUND_POLL_SECONDS,
+            "options": {"expires": INBOUND_POLL_SECONDS},
+        },
     },
 )
 

@@ -12,10 +12,12 @@ from digest import sending
 from digest.db import session_factory
 from digest.editions import prepare_due_editions
 from digest.fetch import Fetcher
+from digest.inbound import read_mailbox
 from digest.ingest import IngestError, claim_due_sources, ingest_source
 from digest.logs import log_context
 from digest.mail import TransportUnavailable
 from digest.models import Source, utcnow
+from digest.sunset import run_sunset
 from digest.tracking import purge_personal_data
 from tasks.app import app, settings
 
@@ -97,3 +99,22 @@ def purge_tracking() -> None:
     with sessions() as session:
         purged = purge_personal_data(session, cutoff)
     log.info("purged personal data from %d tracking events before %s", purged, cutoff)
+
+
+@app.task(name="digest.process_inbound")
+def process_inbound() -> None:
+    """Bounces, complaints and mailto unsubscribes waiting in DIGEST_INBOUND_MAILBOX."""
+    if settings.inbound_mailbox is None:
+        return
+    with sessions() as session:
+        handled, outcome = read_mailbox(session, settings.secret_keys, settings.inbound_mailbox)
+    if handled:
+        log.info("inbound mail: %d messages: %s", handled, dict(outcome))
+
+
+@app.task(name="digest.sunset")
+def sunset() -> None:
+    """Daily: re-engage readers who stopped reading, pause those who did not come back."""
+    with sessions() as session:
+        result = run_sunset(session, settings, utcnow())
+    log.info("sunset: %s", result)

@@ -5,13 +5,18 @@ accident."""
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+import io
+import tempfile
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.orm import Session
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from digest.edition_control import (
     EditionStateError,
@@ -22,7 +27,9 @@ from digest.edition_control import (
     resume,
 )
 from digest.editions import EditionNotFound
-from digest.models import utcnow
+from digest.inbound import handle_inbound
+from digest.models import Newsletter, utcnow
+from digest.privacy import erase_subscriber, personal_data
 from digest.stats import (
     EditionReport,
     SocialReport,
@@ -30,7 +37,9 @@ from digest.stats import (
     social_report,
     to_csv,
 )
-from digest.web.deps import DB, app_settings
+from digest.subscriber_csv import CsvError, ImportReport, export_chunks, import_subscribers
+from digest.subscriptions import InvalidAddress
+from digest.web.deps import DB, NO_STORE, app_settings
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -64,8 +73,8 @@ def get_edition_stats(edition_id: int, session: DB) -> EditionReport:
 
     Human numbers are the headline; machine traffic is reported per kind beside it. "Unique"
     counts distinct deliveries, "total" every recorded event. Rates are fractions (0.25 = 25%)
-    or null when their denominator is zero. Bounces and complaints are not processed yet and so
-    are absent, not zero.
+    or null when their denominator is zero. `bounces` counts deliveries with a hard bounce, a
+    soft bounce or a complaint (at SMTP time or reported later).
     """
     return _report(session, edition_id)
 
@@ -135,3 +144,164 @@ def post_edition_resume(edition_id: int, session: DB) -> EditionStatus:
 def post_edition_cancel(edition_id: int, session: DB) -> EditionStatus:
     """Every delivery not yet handed to the relay is cancelled; what is sent stays sent."""
     return _control(cancel, session, edition_id)
+
+
+# A bounce or complaint report quotes at most the original message: far below this.
+MAX_INBOUND_BYTES = 10 * 1024 * 1024
+
+
+@router.post(
+    "/inbound",
+    openapi_extra={
+        "requestBody": {"content": {"message/rfc822": {}}, "required": True},
+    },
+)
+async def post_inbound(request: Request) -> dict[str, int]:
+    """One raw email message (RFC 5322 bytes) that came back to us: a bounce (DSN), a
+    complaint (ARF) or a mailto unsubscribe, for mail services that forward by webhook
+    instead of a mailbox. Idempotent: posting the same message again counts nothing twice.
+    Returns what the message was, e.g. {"hard": 1}."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_INBOUND_BYTES:
+            raise HTTPException(413, f"a message over {MAX_INBOUND_BYTES} bytes is not a report")
+    if not body:
+        raise HTTPException(400, "the body must be the raw message")
+    keys = app_settings(request).secret_keys
+
+    def handle() -> dict[str, int]:
+        with request.app.state.sessions() as session:
+            return dict(handle_inbound(session, keys, bytes(body)))
+
+    return await run_in_threadpool(handle)
+
+
+def _erasure_target(session: Session, email: str) -> dict[str, Any]:
+    try:
+        data = personal_data(session, email)
+    except InvalidAddress as exc:
+        raise HTTPException(400, str(exc)) from exc
+    if data is None:
+        raise HTTPException(404, "we hold no data about this address")
+    return data
+
+
+@router.get("/subscribers/{email}/data", responses={404: {"description": "Nothing held"}})
+def get_subscriber_data(email: str, session: DB) -> dict[str, Any]:
+    """Everything held about the address (GDPR access and portability): profile,
+    subscriptions and preferences, deliveries, opens, clicks, bounces and the consent log."""
+    return _erasure_target(session, email)
+
+
+@router.delete("/subscribers/{email}", responses={404: {"description": "Nothing held"}})
+def delete_subscriber(email: str, session: DB) -> dict[str, str]:
+    """Erase the person behind the address (GDPR erasure): personal data removed, counts
+    kept, the address suppressed as a hash so no import brings it back."""
+    _erasure_target(session, email)
+    if not erase_subscriber(session, email):
+        raise HTTPException(404, "there is no subscriber with this address")
+    return {"status": "erased"}
+
+
+# An upload past this is refused (413): ~2.5 million rows, and the spool file stays bounded.
+MAX_IMPORT_BYTES = 256 * 1024 * 1024
+# The upload is kept in memory up to this, on disk beyond.
+_SPOOL_IN_MEMORY_BYTES = 1024 * 1024
+_CSV_TYPES = ("text/csv", "application/csv", "text/plain")
+
+
+def _newsletter(session: Session, slug: str) -> Newsletter:
+    newsletter = session.scalars(select(Newsletter).where(Newsletter.slug == slug)).first()
+    if newsletter is None:
+        raise HTTPException(404, f"there is no newsletter {slug!r}")
+    # End the read transaction, so nothing is held open while an upload comes in; the
+    # attributes stay loaded (the app's sessions do not expire on commit).
+    session.commit()
+    return newsletter
+
+
+def _import_spooled(
+    session: Session, newsletter: Newsletter, body: tempfile.SpooledTemporaryFile[bytes]
+) -> ImportReport:
+    # Decoded as it is read; bad UTF-8 becomes U+FFFD, which the import reports per row.
+    text = io.TextIOWrapper(body, encoding="utf-8", errors="replace", newline="")
+    try:
+        return import_subscribers(session, newsletter, text, source="api import")
+    finally:
+        text.detach()  # the spool is closed by its own with block
+
+
+@router.post(
+    "/newsletters/{slug}/subscribers/import",
+    responses={
+        400: {"description": "Not a list of subscribers (no email column); nothing imported"},
+        404: {"description": "No such newsletter"},
+        413: {"description": "The file is larger than MAX_IMPORT_BYTES (256 MiB)"},
+        415: {"description": "The body is not text/csv"},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"text/csv": {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+)
+async def post_subscribers_import(slug: str, request: Request, session: DB) -> ImportReport:
+    """Subscribe the addresses of a CSV body (UTF-8, header row first) to the newsletter as
+    confirmed subscribers: the columns and rules of `digest subscribers import`.
+
+    Bad rows are skipped and reported by line and reason, the good ones go in: the answer is
+    200 with the counts whenever the file could be read. `first_errors` lists the first 1,000
+    rows reported (invalid or suppressed); `errors + suppressed` says how many there were.
+    Rows are committed a thousand at a time, so posting the same file again after a failure
+    finishes the job without counting anything twice.
+    """
+    newsletter = await run_in_threadpool(_newsletter, session, slug)
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type not in _CSV_TYPES:
+        raise HTTPException(415, "send the file as the request body, with type text/csv")
+    # The body is spooled first (in memory up to 1 MiB, then to disk) and imported once it is
+    # all there: memory stays flat, and a slow upload holds no database transaction open.
+    with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY_BYTES) as body:
+        size = 0
+        async for piece in request.stream():
+            size += len(piece)
+            if size > MAX_IMPORT_BYTES:
+                raise HTTPException(413, f"the file is larger than {MAX_IMPORT_BYTES:,} bytes")
+            body.write(piece)
+        body.seek(0)
+        try:
+            return await run_in_threadpool(_import_spooled, session, newsletter, body)
+        except CsvError as exc:
+            raise HTTPException(400, str(exc)) from exc
+
+
+@router.get(
+    "/subscribers/export.csv",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/csv": {}}, "description": "One row per subscription"},
+        404: {"description": "No such newsletter"},
+    },
+)
+def get_subscribers_export(
+    request: Request, session: DB, newsletter: str | None = None
+) -> StreamingResponse:
+    """The rows of `digest subscribers export`: one per subscription (of the newsletter whose
+    slug is given, or of all), erased subscribers left out, formula-like cells behind an
+    apostrophe. Streamed as it is read, whatever the number of rows."""
+    chosen = _newsletter(session, newsletter) if newsletter else None
+    sessions: sessionmaker[Session] = request.app.state.sessions
+
+    def pieces() -> Iterator[str]:
+        # A session of its own: the request's may be closed before the body is all sent.
+        with sessions() as export_session:
+            yield from export_chunks(export_session, chosen)
+
+    filename = f"subscribers-{chosen.slug if chosen else 'all'}.csv"
+    return StreamingResponse(
+        pieces(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"', **NO_STORE},
+    )

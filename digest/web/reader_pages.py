@@ -140,6 +140,9 @@ def _preferences_page(
         token=token,
         newsletter=newsletter,
         active=subscription.active,
+        # Asked by the sunset whether they still want it (digest.sunset): saving says yes.
+        asked_to_stay=subscription.reengagement_sent_at is not None
+        or subscription.sunset_at is not None,
         prefs=current_preferences(subscriber, subscription),
         timezones=TIMEZONES,
         unsubscribe_token=signer.unsubscribe_token(*ids),

@@ -9,7 +9,16 @@ from sqlalchemy import select, update
 from digest import sending
 from digest.config import Settings, load_settings
 from digest.db import session_factory
-from digest.models import Delivery, DeliveryState, Subscriber, utcnow
+from digest.models import (
+    Bounce,
+    BounceKind,
+    Delivery,
+    DeliveryState,
+    Subscriber,
+    SubscriberStatus,
+    utcnow,
+)
+from digest.subscriptions import is_suppressed
 from digest.verp import delivery_of
 from tests.support import prepare_sample_edition, send_until_done
 
@@ -88,3 +97,26 @@ def test_without_a_bounce_domain_bounces_go_to_the_sender(env, smtp_sink) -> Non
     edition = prepare_sample_edition(settings, 2)
     send_until_done(settings, edition.id)
     assert {m.mail_from for m in smtp_sink.messages} == {"digest@news.example.com"}
+
+
+def test_a_bad_mailbox_is_suppressed_at_once_and_a_policy_block_is_not(env, smtp_sink) -> None:
+    env["DIGEST_SMTP_URL"] = smtp_sink.url
+    settings: Settings = load_settings(env)
+    sessions = session_factory(settings.database_url)
+    smtp_sink.replies["reader001@example.org"] = "550 5.1.1 No such user"
+    smtp_sink.replies["reader002@example.org"] = "554 5.7.1 Message rejected as spam"
+    edition = prepare_sample_edition(settings, 3)
+    send_until_done(settings, edition.id)
+
+    with sessions() as session:
+        statuses = dict(session.execute(select(Subscriber.email, Subscriber.status)).all())
+        bounces = session.execute(select(Bounce.kind, Bounce.delivery_id)).all()
+    assert statuses == {
+        "reader001@example.org": SubscriberStatus.SUPPRESSED,
+        "reader002@example.org": SubscriberStatus.ACTIVE,  # counted, not suppressed
+        "reader003@example.org": SubscriberStatus.ACTIVE,
+    }
+    assert sorted(kind for kind, _ in bounces) == [BounceKind.HARD, BounceKind.SOFT]
+    with sessions() as session:
+        assert is_suppressed(session, "reader001@example.org")
+        assert not is_suppressed(session, "reader002@example.org")

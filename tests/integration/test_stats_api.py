@@ -72,8 +72,7 @@ def test_json_stats(base, edition) -> None:
     assert summary["click_rate"] == pytest.approx(1 / SUBSCRIBERS)
     assert summary["click_to_open_rate"] == pytest.approx(1 / 2)
     assert summary["unsubscribes"] == 0
-    # Not processed yet: absent, not a made-up zero.
-    assert "bounces" not in summary and "complaints" not in summary
+    assert summary["bounces"] == {"hard": 0, "soft": 0, "complaint": 0}
 
     first = body["stories"][0]
     assert (first["story_id"], first["link_id"]) == (edition["story_id"], edition["link_id"])

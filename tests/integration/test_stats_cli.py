@@ -64,7 +64,7 @@ def test_table(digest, edition) -> None:
     assert "Click rate      25.0%" in out
     assert "Click-to-open   100.0%" in out
     assert "Unsubscribes    0" in out
-    assert "Bounces and complaints are not processed yet" in out
+    assert "Bounces         0 hard, 0 soft; complaints 0" in out
     first = _story_row(out, 1)
     assert first[1] == edition["first"]["section"]
     assert first[-3:] == ["1", "2", "1"]  # human unique, human total, machine
