@@ -19,8 +19,11 @@ have one recipient per envelope, so several mean the receiver expanded an alias 
     failed, 5.0.0, 5.5.0 or no enhanced code,   HARD       vague codes (Yahoo's 5.0.0, Outlook's
       text says "user unknown" and the like                5.5.0): the text decides, unless it
                                                            also says spam/policy/block
-    failed, other 5.x.x (5.2.2 full, 5.7.x      SOFT       the address is fine: a content or
-      policy, 5.3.x, 5.4.x, 5.1.7/8 sender)                reputation block must not suppress it
+    failed, 5.7.x policy, 5.3.x, 5.4.x,         IGNORED    about our sending, not the address:
+      5.1.7/8 sender, vague code + spam words              counted, one bad day with a provider
+                                                           would suppress all of its readers
+    failed, other 5.x.x (5.2.2 full, 5.2.x,     SOFT       the address may work later;
+      vague codes)                                         suppressed after N
     failed, 4.x.x (retries ran out)             SOFT       may work later; suppressed after N
     4.7.x, 4.2.1, 421, rate limit, greylisting  IGNORED    throttling is about our sending, not
                                                            the address, even once retries ran out
@@ -69,6 +72,10 @@ class Report:
 
 _HARD_STATUSES = frozenset({"5.1.0", "5.1.1", "5.1.2", "5.1.3", "5.1.6", "5.1.10", "5.2.1"})
 _VAGUE_STATUSES = frozenset({"", "4.0.0", "5.0.0", "5.5.0"})
+# Refusals about us, not the address (policy and spam blocks, authentication, our sender
+# address, routing and network trouble): counting them as soft bounces would let one bad day
+# with a provider suppress every one of its readers.
+_ABOUT_OUR_SENDING = ("5.7.", "5.1.7", "5.1.8", "5.3.", "5.4.")
 _COMPLAINT_TYPES = frozenset({"abuse", "fraud", "virus"})
 _ORIGINAL_TYPES = frozenset({"message/rfc822", "text/rfc822-headers"})
 _ENVELOPE_HEADERS = ("Delivered-To", "X-Original-To", "Envelope-To", "To")
@@ -78,7 +85,7 @@ _SMTP_CODE = re.compile(r"(?<![\d.#])([45][0-5]\d)(?=[\s:-]|$)")
 _OUR_MESSAGE_ID = re.compile(r"^<?(\d{1,18})\.(\d{1,18})\.([0-9a-f]{1,64})@[^<>\s]+>?$")
 _UNKNOWN_USER = re.compile(
     r"user unknown|unknown (user|recipient|mailbox|address)|no such (user|mailbox|recipient)"
-    r"|no mailbox here|recipient ?not ?found|mailbox (not found|unavailable|is disabled)"
+    r"|no mailbox here|recipient ?not ?found|mailbox (not found|is disabled)"
     r"|(account|mailbox|address|user)\b[^.;]{0,40}\b(does not|doesn't) exist"
     r"|doesn't have an? \S+ account|invalid (recipient|mailbox)",
     re.IGNORECASE,
@@ -236,13 +243,17 @@ def _classify(status: str, code: int | None, text: str) -> ReportKind | None:
             return ReportKind.HARD
         if status in _VAGUE_STATUSES and _says_unknown_user(text):
             return ReportKind.HARD
+        if status.startswith(_ABOUT_OUR_SENDING) or (
+            status in _VAGUE_STATUSES and _POLICY.search(text)
+        ):
+            return ReportKind.IGNORED
         return ReportKind.SOFT
     return ReportKind.IGNORED if reply_class else None
 
 
 def _says_unknown_user(text: str) -> bool:
-    # "mailbox unavailable" is also RFC 5321's stock text for policy refusals: the policy
-    # words keep a block from passing for a missing mailbox.
+    # "mailbox unavailable" is RFC 5321's stock text for any 550, policy refusals included, so
+    # it is not taken for a missing mailbox; policy words veto the rest.
     return bool(_UNKNOWN_USER.search(text)) and not _POLICY.search(text)
 
 

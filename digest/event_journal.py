@@ -38,7 +38,7 @@ from sqlalchemy import Table, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest.db import upsert_insert
-from digest.models import Click, Delivery, Open
+from digest.models import Click, Delivery, Open, Subscriber
 from digest.tracking import classify_click, classify_open
 
 log = logging.getLogger(__name__)
@@ -110,17 +110,26 @@ def store(session: Session, events: Iterable[Event]) -> int:
     delivery_ids = {e.delivery_id for e in events if e.delivery_id is not None}
     sent_at: dict[int, datetime | None] = {}
     existing: set[int] = set()
+    untracked: set[int] = set()
     for chunk in _chunks(sorted(delivery_ids), 500):
-        for delivery_id, when in session.execute(
-            select(Delivery.id, Delivery.sent_at).where(Delivery.id.in_(chunk))
+        for delivery_id, when, tracking in session.execute(
+            select(Delivery.id, Delivery.sent_at, Subscriber.tracking_enabled)
+            .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+            .where(Delivery.id.in_(chunk))
         ):
             existing.add(delivery_id)
             sent_at[delivery_id] = when
+            if not tracking:
+                untracked.add(delivery_id)
     clicks, opens = [], []
     for e in events:
         # An erased delivery: a click still counts for its link, an open for nothing.
         delivery_id = e.delivery_id if e.delivery_id in existing else None
         common = {"event_key": e.key, "ip_prefix": e.ip_prefix, "user_agent": e.user_agent}
+        if delivery_id in untracked:
+            # A reader who turned tracking off (or was erased) since the message went out: the
+            # event still counts, classified, but keeps nothing about them.
+            common.update(ip_prefix=None, user_agent=None)
         sent = sent_at.get(delivery_id) if delivery_id is not None else None
         if e.table == "clicks":
             kind = classify_click(e.user_agent, e.at, sent)

@@ -292,6 +292,9 @@ class Subscription(Base):
     # Sunset: the one re-engagement message went out at; then paused at, if nothing followed.
     reengagement_sent_at: Mapped[datetime | None]
     sunset_at: Mapped[datetime | None]
+    # Last time the reader said "keep sending" (saved preferences): the sunset judges only
+    # editions sent after it.
+    kept_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -7,20 +7,32 @@ clicks are not engagement with any edition.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
 from email.utils import parseaddr
 
 from digest.config import Settings
 from digest.mail import compose, open_sender
-from digest.models import Newsletter, utcnow
+from digest.models import utcnow
 from digest.render import environment
+
+
+@dataclass(frozen=True)
+class NoticeSender:
+    """Who a notice is from: the newsletter's name and From address (None: DIGEST_FROM).
+    Plain values, so a notice can go out after the request's session has closed."""
+
+    name: str
+    from_address: str | None
 
 
 def send_notice(
     settings: Settings,
-    newsletter: Newsletter,
+    newsletter: NoticeSender,
     recipient: str,
     kind: str,
     context: dict[str, object],
+    headers: Sequence[tuple[str, str]] = (),
 ) -> None:
     """Render ``templates/email/<kind>.html`` and ``.txt`` and send them; the subject is the
     text template's first line. Raises a digest.mail TransportError when the relay refuses."""
@@ -40,7 +52,7 @@ def send_notice(
         html=html,
         message_id=f"<{key}@{domain}>",
         date=utcnow(),
-        headers=[("Auto-Submitted", "auto-generated")],
+        headers=[("Auto-Submitted", "auto-generated"), *headers],
     )
     with open_sender(settings.smtp_url) as transport:
         transport.send(sender, recipient, message, key, lambda: True)

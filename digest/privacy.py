@@ -3,10 +3,12 @@ about one address, as JSON, and its erasure.
 
 Erasure removes what identifies the person and keeps what the counts need: the subscriber
 row stays with a placeholder address (deliveries, opens and clicks still add up to an
-edition's numbers), the network and user agent of each event are removed, and the address
-goes on the suppression list as a hash, so that no later import brings it back. The consent
-log holds no personal data (a hash and a truncated network) and is kept: it is the proof of
-what the person agreed to and when, which the law asks us to be able to show.
+edition's numbers), the network and user agent of each event are removed (and kept from
+later events: tracking is off for the row), relay replies and bounce texts that quote the
+address are blanked, and the address goes on the suppression list as a hash, so that no
+later import brings it back. The consent log holds no personal data (a hash and a truncated
+network) and is kept: it is the proof of what the person agreed to and when, which the law
+asks us to be able to show.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from digest.models import (
     Subscriber,
     SubscriberStatus,
     Subscription,
+    Suppression,
     utcnow,
 )
 from digest.subscriptions import address_hash, log_consent, normalise_email, suppress
@@ -76,7 +79,14 @@ def personal_data(session: Session, email: str) -> dict[str, Any] | None:
         .where(Subscription.subscriber_id == subscriber.id)
     ).all()
     deliveries = session.execute(
-        select(Delivery.id, Edition.issue_date, Edition.subject, Delivery.state, Delivery.sent_at)
+        select(
+            Delivery.id,
+            Edition.issue_date,
+            Edition.subject,
+            Delivery.state,
+            Delivery.sent_at,
+            Delivery.last_error,
+        )
         .join(Edition, Edition.id == Delivery.edition_id)
         .where(Delivery.subscriber_id == subscriber.id)
         .order_by(Delivery.id)
@@ -93,7 +103,7 @@ def personal_data(session: Session, email: str) -> dict[str, Any] | None:
         .order_by(Click.id)
     ).all()
     bounces = session.execute(
-        select(Bounce.delivery_id, Bounce.received_at, Bounce.kind, Bounce.status)
+        select(Bounce.delivery_id, Bounce.received_at, Bounce.kind, Bounce.status, Bounce.detail)
         .where(Bounce.subscriber_id == subscriber.id)
         .order_by(Bounce.id)
     ).all()
@@ -140,9 +150,22 @@ def erase_subscriber(session: Session, email: str) -> bool:
         .values(active=False, sections=None, send_hour=None, paused_until=None)
         .execution_options(synchronize_session=False)
     )
+    # Relay replies and bounce texts quote the address.
     session.execute(
         update(Bounce)
         .where(Bounce.subscriber_id == subscriber.id)
+        .values(detail="")
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(
+        update(Delivery)
+        .where(Delivery.subscriber_id == subscriber.id, Delivery.last_error.is_not(None))
+        .values(last_error="")
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(
+        update(Suppression)
+        .where(Suppression.address_hash == address_hash(address))
         .values(detail="")
         .execution_options(synchronize_session=False)
     )

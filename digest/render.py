@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from digest.selection import MUST_READS
 
 
 def templates_dir() -> Path:
@@ -47,15 +49,27 @@ def render_edition(
     *,
     unsubscribe_url: str,
     preferences_url: str,
+    sections: Collection[str] | None = None,
+    template: str = "digest",
 ) -> RenderedMessage:
-    """``href`` maps a frozen item's link id to the URL this recipient should see."""
-    blocks = [
-        {
-            "title": block["title"],
-            "items": [{**item, "href": href(item["link_id"])} for item in block["items"]],
-        }
-        for block in content["blocks"]
-    ]
+    """``href`` maps a frozen item's link id to the URL this recipient should see.
+
+    ``sections`` are the reader's choice (None: every section): stories of other sections are
+    left out, except the Must-Reads, which the newsroom chose for everyone. A block left empty
+    is left out.
+    """
+    chosen = None if sections is None else {s.casefold() for s in sections}
+    blocks = []
+    for block in content["blocks"]:
+        items = [
+            {**item, "href": href(item["link_id"])}
+            for item in block["items"]
+            if chosen is None
+            or block.get("key") == MUST_READS
+            or item.get("section", "").casefold() in chosen
+        ]
+        if items:
+            blocks.append({"title": block["title"], "items": items})
     context = {
         "newsletter_name": newsletter_name,
         "subject": subject,
@@ -68,6 +82,6 @@ def render_edition(
     env = environment()
     return RenderedMessage(
         subject=subject,
-        html=env.get_template("email/digest.html").render(context),
-        text=env.get_template("email/digest.txt").render(context),
+        html=env.get_template(f"email/{template}.html").render(context),
+        text=env.get_template(f"email/{template}.txt").render(context),
     )

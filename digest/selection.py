@@ -13,6 +13,8 @@ from digest.models import Click, ClickKind, Link, Listing, Newsletter, SourceRol
 
 LATEST_WINDOW = timedelta(hours=24)
 POPULAR_WINDOW = timedelta(hours=24)
+# The block every reader gets, whatever sections they chose (digest.render).
+MUST_READS = "must_reads"
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ def select_blocks(session: Session, newsletter: Newsletter, now: datetime) -> li
     )
     shown = [s.id for s in picks + latest]
     blocks = [
-        Block("must_reads", "Must-Reads", picks),
+        Block(MUST_READS, "Must-Reads", picks),
         Block("latest", "Latest Stories", latest),
         Block("popular", "Popular Now", popular(session, now, newsletter.popular_limit, shown)),
     ]

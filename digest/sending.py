@@ -57,6 +57,8 @@ from digest.models import (
     Edition,
     Link,
     Subscriber,
+    SubscriberStatus,
+    Subscription,
     utcnow,
 )
 from digest.rate_limit import SendRateLimit
@@ -86,6 +88,7 @@ class Recipient:
     subscriber_id: int
     email: str
     tracking: bool
+    sections: list[str] | None  # the reader's choice; None: every section
 
     @property
     def domain(self) -> str:
@@ -245,16 +248,22 @@ class EditionMailer:
             pixel,
             unsubscribe_url=unsubscribe,
             preferences_url=f"{base}/p/{preferences}",
+            sections=recipient.sections,
+            template=self.newsletter.template,
         )
         list_id = f"{self.newsletter.slug}.{self.domain}"
-        # Read back from the inbound mailbox (digest.inbound): RFC 8058 asks for https, and
-        # clients without one-click support use the mailto.
-        mailto = tagged_address(
-            self.settings.secret_keys,
-            UNSUBSCRIBE,
-            self.settings.bounce_domain or self.domain,
-            recipient.delivery_id,
-        )
+        # The mailto is for clients without one-click support; it is offered only where mail
+        # comes back to us (a bounce domain routed to the webhook, or the inbound mailbox),
+        # since an unsubscribe mail that nobody reads would be a broken promise.
+        list_unsubscribe = f"<{unsubscribe}>"
+        if self.settings.bounce_domain or self.settings.inbound_mailbox:
+            mailto = tagged_address(
+                self.settings.secret_keys,
+                UNSUBSCRIBE,
+                self.settings.bounce_domain or self.domain,
+                recipient.delivery_id,
+            )
+            list_unsubscribe += f", <mailto:{mailto}?subject=unsubscribe>"
         reply_to = [("Reply-To", self.newsletter.reply_to)] if self.newsletter.reply_to else []
         message = compose(
             sender=self.from_address,
@@ -269,7 +278,7 @@ class EditionMailer:
             headers=[
                 ("List-Id", f"{self.newsletter.name} <{list_id}>"),
                 *reply_to,
-                ("List-Unsubscribe", f"<{unsubscribe}>, <mailto:{mailto}?subject=unsubscribe>"),
+                ("List-Unsubscribe", list_unsubscribe),
                 ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
                 # Gmail's feedback loop: complaint rates per campaign:customer:type:sender.
                 (
@@ -367,6 +376,51 @@ def _build_and_hand_over(
     return _hand_over(session, mailer, sender, recipient, message)
 
 
+def _recipients(session: Session, edition: Edition, claimed: list[int]) -> list[Recipient]:
+    """The claimed deliveries whose subscriber may still be mailed. The others (unsubscribed,
+    suppressed or erased since the edition was prepared, including while its audience was
+    being frozen, which a concurrent unsubscribe cannot see) are cancelled here, and taken
+    off ``claimed``."""
+    rows = session.execute(
+        select(
+            Delivery.id,
+            Subscriber.id,
+            Subscriber.email,
+            Subscriber.tracking_enabled,
+            Subscription.sections,
+            Subscriber.status == SubscriberStatus.ACTIVE,
+            Subscription.active,
+        )
+        .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
+        .outerjoin(
+            Subscription,
+            and_(
+                Subscription.subscriber_id == Subscriber.id,
+                Subscription.newsletter_id == edition.newsletter_id,
+            ),
+        )
+        .where(Delivery.id.in_(claimed))
+        .order_by(Delivery.id)
+    ).all()
+    recipients, gone = [], []
+    for delivery_id, subscriber_id, email, tracking, sections, mailable, active in rows:
+        if mailable and active:
+            recipients.append(Recipient(delivery_id, subscriber_id, email, tracking, sections))
+        else:
+            gone.append(delivery_id)
+    if gone:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(gone), Delivery.state == DeliveryState.QUEUED)
+            .values(state=DeliveryState.CANCELLED, lease_until=None, last_error="unsubscribed")
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+        for delivery_id in gone:
+            claimed.remove(delivery_id)
+    return recipients
+
+
 def send_batch(
     sessions: sessionmaker[Session], settings: Settings, edition_id: int
 ) -> Counter[DeliveryState]:
@@ -382,17 +436,7 @@ def send_batch(
         try:
             edition = session.get_one(Edition, edition_id)
             mailer = EditionMailer(session, settings, edition)
-            recipients = [
-                Recipient(*row)
-                for row in session.execute(
-                    select(
-                        Delivery.id, Subscriber.id, Subscriber.email, Subscriber.tracking_enabled
-                    )
-                    .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
-                    .where(Delivery.id.in_(untried))
-                    .order_by(Delivery.id)
-                ).all()
-            ]
+            recipients = _recipients(session, edition, untried)
             limit = SendRateLimit(sessions, settings.send_rate) if settings.send_rate else None
             domain_limits = {
                 domain: SendRateLimit(sessions, rate, f"domain:{domain}")

@@ -9,10 +9,10 @@ Invariants:
   committed, and running the same file again finishes the job: rows already present are counted
   as ``already_subscribed``, never as errors and never twice.
 - An import never brings back someone who left: a suppressed address (known by its hash), a
-  subscriber unsubscribed, suppressed or erased, and a subscription with ``unsubscribed_at``
-  all stay as they are. So does a row that the file itself marks as not subscribed (our own
-  export's ``status``, ``active`` and ``unsubscribed_at`` columns), so that exporting from one
-  installation and importing into another cannot re-subscribe anyone.
+  subscriber unsubscribed, suppressed or erased, and anyone who unsubscribed from any of our
+  newsletters all stay as they are. So does a row that the file itself marks as not
+  subscribed (our own export's ``status``, ``active`` and ``unsubscribed_at`` columns), so
+  that exporting from one installation and importing into another cannot re-subscribe anyone.
 - Every subscription an import creates appends one "imported" ConsentEvent in its chunk's
   transaction.
 - A bad row is reported by its line number and reason and skipped; the rows around it go in.
@@ -30,8 +30,8 @@ from datetime import datetime
 from itertools import chain
 from typing import Any, TextIO
 
-from sqlalchemy import Select, and_, func, insert, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, and_, exists, func, insert, select, update
+from sqlalchemy.orm import Session, aliased
 
 from digest.db import upsert_insert
 from digest.models import (
@@ -322,6 +322,7 @@ def _store(
             )
         )
     )
+    unsubscribed = aliased(Subscription)
     known = {
         found.email: found
         for found in session.execute(
@@ -330,7 +331,14 @@ def _store(
                 Subscriber.email,
                 Subscriber.status,
                 Subscription.id.label("subscription_id"),
-                Subscription.unsubscribed_at,
+                # Unsubscribed from any of our newsletters: an import (someone else's list)
+                # is no new consent to be mailed by us, so it does not count for this one.
+                exists()
+                .where(
+                    unsubscribed.subscriber_id == Subscriber.id,
+                    unsubscribed.unsubscribed_at.is_not(None),
+                )
+                .label("left_any"),
             )
             .outerjoin(
                 Subscription,
@@ -351,7 +359,7 @@ def _store(
             report._report(row.line, "suppressed")
         elif found is None:
             newcomers.append(row)
-        elif found.status in _LEFT or found.unsubscribed_at is not None:
+        elif found.status in _LEFT or found.left_any:
             report.unsubscribed += 1
         elif found.subscription_id is not None:
             # Subscribed, or a sign-up waiting for its confirmation link: left as it is.

@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from digest.db import upsert_insert
@@ -206,12 +207,23 @@ def request_subscription(
     Raises InvalidAddress for an address we could never send to. Commits.
     """
     address = normalise_email(email)
+    # Sign-ups to one newsletter are taken one at a time: the limits below count what earlier
+    # requests logged, which a concurrent request must see. A no-op write takes the lock on
+    # both backends (PostgreSQL's row lock, SQLite's write lock); sign-ups are few enough.
+    session.execute(
+        update(Newsletter)
+        .where(Newsletter.id == newsletter.id)
+        .values(id=Newsletter.id)
+        .execution_options(synchronize_session=False)
+    )
     if is_suppressed(session, address):
+        session.rollback()
         return SignUp(None, None, "suppressed")
     subscriber = session.scalars(select(Subscriber).where(Subscriber.email == address)).first()
     if subscriber is not None:
         subscription = _subscription(session, subscriber.id, newsletter.id)
         if subscription is not None and subscription.active:
+            session.rollback()  # releases the sign-up lock
             return SignUp(subscriber.id, None, "already subscribed")
     hashed = address_hash(address)
     recent_for_address = session.scalar(
@@ -224,6 +236,7 @@ def request_subscription(
         )
     )
     if recent_for_address >= CONFIRMATIONS_PER_ADDRESS_PER_DAY:
+        session.rollback()  # releases the sign-up lock
         return SignUp(None, None, "too many requests for this address")
     if ip_prefix is not None:
         recent_for_network = session.scalar(
@@ -236,12 +249,21 @@ def request_subscription(
             )
         )
         if recent_for_network >= CONFIRMATIONS_PER_NETWORK_PER_HOUR:
+            session.rollback()  # releases the sign-up lock
             return SignUp(None, None, "too many requests from this network")
     if subscriber is None:
         subscriber = Subscriber(email=address, name=name[:200], status=SubscriberStatus.PENDING)
-        session.add(subscriber)
-        session.flush()
+        try:
+            with session.begin_nested():
+                session.add(subscriber)
+                session.flush()
+        except IntegrityError:
+            # Signed up to another newsletter at this very moment (that lock is not ours):
+            # that request sends its confirmation; answering alike reveals nothing.
+            session.rollback()
+            return SignUp(None, None, "signing up concurrently")
     elif subscriber.status == SubscriberStatus.ERASED:
+        session.rollback()  # releases the sign-up lock
         return SignUp(None, None, "erased")  # its row holds no address any more; unreachable
     if _subscription(session, subscriber.id, newsletter.id) is None:
         session.add(
@@ -384,6 +406,7 @@ def update_preferences(
     subscription.paused_until = preferences.paused_until
     subscription.reengagement_sent_at = None
     subscription.sunset_at = None
+    subscription.kept_at = utcnow()
     session.commit()
     return subscription
 

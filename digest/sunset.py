@@ -36,7 +36,7 @@ from digest.models import (
     SubscriberStatus,
     Subscription,
 )
-from digest.notices import send_notice
+from digest.notices import NoticeSender, send_notice
 from digest.tokens import TokenSigner
 
 log = logging.getLogger(__name__)
@@ -51,11 +51,16 @@ class SunsetResult:
     back: int
 
 
-def _engaged(delivery_id: ColumnElement[int]) -> ColumnElement[bool]:
-    return or_(
-        exists().where(Open.delivery_id == delivery_id, Open.kind == OpenKind.HUMAN),
-        exists().where(Click.delivery_id == delivery_id, Click.kind == ClickKind.HUMAN),
-    )
+def _engaged(
+    delivery_id: ColumnElement[int], since: ColumnElement[datetime] | None = None
+) -> ColumnElement[bool]:
+    """A human open or click of the delivery (after ``since``, if given)."""
+    opened = [Open.delivery_id == delivery_id, Open.kind == OpenKind.HUMAN]
+    clicked = [Click.delivery_id == delivery_id, Click.kind == ClickKind.HUMAN]
+    if since is not None:
+        opened.append(Open.opened_at > since)
+        clicked.append(Click.clicked_at > since)
+    return or_(exists().where(*opened), exists().where(*clicked))
 
 
 def _observable() -> ColumnElement[bool]:
@@ -70,12 +75,12 @@ def _observable() -> ColumnElement[bool]:
 def _settle_reengaged(session: Session, now: datetime) -> tuple[int, int]:
     """Subscriptions that were sent the re-engagement message: back if a human open or click
     came since, paused once the grace period is over. Returns (back, paused)."""
+    # Any edition of this newsletter read since the message, an old one included.
     engaged_since = exists().where(
         Delivery.subscriber_id == Subscription.subscriber_id,
         Delivery.edition_id == Edition.id,
         Edition.newsletter_id == Subscription.newsletter_id,
-        Delivery.sent_at > Subscription.reengagement_sent_at,
-        _engaged(Delivery.id),
+        _engaged(Delivery.id, Subscription.reengagement_sent_at),
     )
     waiting = (
         select(Subscription.id)
@@ -118,7 +123,18 @@ def _silent(session: Session, editions: int) -> list[tuple[int, int, str, int]]:
             .label("rank"),
         )
         .join(Edition, Edition.id == Delivery.edition_id)
-        .where(Delivery.state == DeliveryState.SENT)
+        .join(
+            Subscription,
+            and_(
+                Subscription.subscriber_id == Delivery.subscriber_id,
+                Subscription.newsletter_id == Edition.newsletter_id,
+            ),
+        )
+        # A reader who said "keep sending" is judged on what came after.
+        .where(
+            Delivery.state == DeliveryState.SENT,
+            or_(Subscription.kept_at.is_(None), Delivery.sent_at > Subscription.kept_at),
+        )
         .subquery()
     )
     silent = (
@@ -155,13 +171,20 @@ def run_sunset(session: Session, settings: Settings, now: datetime) -> SunsetRes
     ):
         newsletter = session.get_one(Newsletter, newsletter_id)
         keep = signer.preferences_token(subscriber_id, newsletter_id)
+        leave = signer.unsubscribe_token(subscriber_id, newsletter_id)
+        unsubscribe = f"{settings.base_url}/u/{leave}"
         try:
             send_notice(
                 settings,
-                newsletter,
+                NoticeSender(newsletter.name, newsletter.from_address),
                 email,
                 "reengage",
                 {"keep_url": f"{settings.base_url}/p/{keep}"},
+                # A list message like the editions: the reader may leave in one click.
+                [
+                    ("List-Unsubscribe", f"<{unsubscribe}>"),
+                    ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+                ],
             )
         except TransportError as exc:
             log.warning("re-engagement message to subscriber %s not sent: %s", subscriber_id, exc)

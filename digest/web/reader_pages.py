@@ -15,14 +15,15 @@ from datetime import date
 from typing import Annotated
 from zoneinfo import available_timezones
 
-from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi import APIRouter, BackgroundTasks, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from digest.config import Settings
 from digest.mail import TransportError
 from digest.models import Frequency, Newsletter, utcnow
-from digest.notices import send_notice
+from digest.notices import NoticeSender, send_notice
 from digest.subscriptions import (
     InvalidAddress,
     PreferenceError,
@@ -63,6 +64,7 @@ def subscribe(
     slug: str,
     request: Request,
     session: DB,
+    background: BackgroundTasks,
     email: Annotated[str, Form(max_length=320)],
     name: Annotated[str, Form(max_length=200)] = "",
 ) -> HTMLResponse:
@@ -77,19 +79,26 @@ def subscribe(
     if signup.confirm_to is not None and signup.subscriber_id is not None:
         token = app_signer(request).confirm_token(signup.subscriber_id, newsletter.id)
         settings = app_settings(request)
-        try:
-            send_notice(
-                settings,
-                newsletter,
-                signup.confirm_to,
-                "confirm",
-                {"confirm_url": f"{settings.base_url}/confirm/{token}"},
-            )
-        except TransportError:
-            log.exception("the confirmation message for a sign-up could not be sent")
-            return page("check_inbox.html", 503, newsletter=newsletter, failed=True)
+        # Sent after the answer, so that neither its time nor a relay failure tells a new
+        # address from a known one; a reader who gets nothing can ask again.
+        background.add_task(
+            _send_confirmation,
+            settings,
+            NoticeSender(newsletter.name, newsletter.from_address),
+            signup.confirm_to,
+            f"{settings.base_url}/confirm/{token}",
+        )
     # The same answer whatever happened: the form must not tell who is subscribed.
-    return page("check_inbox.html", newsletter=newsletter, failed=False)
+    return page("check_inbox.html", newsletter=newsletter)
+
+
+def _send_confirmation(
+    settings: Settings, sender: NoticeSender, address: str, confirm_url: str
+) -> None:
+    try:
+        send_notice(settings, sender, address, "confirm", {"confirm_url": confirm_url})
+    except TransportError:
+        log.exception("the confirmation message for a sign-up could not be sent")
 
 
 @router.get("/confirm/{token}", response_class=HTMLResponse)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 from sqlalchemy import select, update
@@ -19,8 +20,8 @@ from digest.models import (
     utcnow,
 )
 from digest.subscriptions import is_suppressed
-from digest.verp import delivery_of
-from tests.support import prepare_sample_edition, send_until_done
+from digest.verp import UNSUBSCRIBE, delivery_of, tagged_delivery
+from tests.support import parse_message, prepare_sample_edition, send_until_done
 
 
 def _states_by_email(sessions, edition_id: int) -> dict[str, Delivery]:
@@ -89,6 +90,10 @@ def test_each_delivery_has_its_own_signed_return_path(env, smtp_sink) -> None:
         (message,) = messages
         assert message.mail_from.endswith("@bounces.news.example.com")
         assert delivery_of(settings.secret_keys, message.mail_from) == rows[rcpt].id
+        # The mailto unsubscribe names the delivery too, at the same routed domain.
+        header = parse_message(message.data)["List-Unsubscribe"]
+        mailto = re.search(r"<mailto:([^?>]+)\?subject=unsubscribe>", header)[1]
+        assert tagged_delivery(settings.secret_keys, UNSUBSCRIBE, mailto) == rows[rcpt].id
 
 
 def test_without_a_bounce_domain_bounces_go_to_the_sender(env, smtp_sink) -> None:
@@ -97,6 +102,9 @@ def test_without_a_bounce_domain_bounces_go_to_the_sender(env, smtp_sink) -> Non
     edition = prepare_sample_edition(settings, 2)
     send_until_done(settings, edition.id)
     assert {m.mail_from for m in smtp_sink.messages} == {"digest@news.example.com"}
+    # Nothing reads unsubscribe mail here: no mailto is offered, only the https one-click.
+    for message in smtp_sink.messages:
+        assert "mailto:" not in str(parse_message(message.data)["List-Unsubscribe"])
 
 
 def test_a_bad_mailbox_is_suppressed_at_once_and_a_policy_block_is_not(env, smtp_sink) -> None:
@@ -104,19 +112,23 @@ def test_a_bad_mailbox_is_suppressed_at_once_and_a_policy_block_is_not(env, smtp
     settings: Settings = load_settings(env)
     sessions = session_factory(settings.database_url)
     smtp_sink.replies["reader001@example.org"] = "550 5.1.1 No such user"
-    smtp_sink.replies["reader002@example.org"] = "554 5.7.1 Message rejected as spam"
+    smtp_sink.replies["reader002@example.org"] = "552 5.2.2 Mailbox full"
+    smtp_sink.replies["reader003@example.org"] = "554 5.7.1 Message rejected as spam"
     edition = prepare_sample_edition(settings, 3)
     send_until_done(settings, edition.id)
 
     with sessions() as session:
         statuses = dict(session.execute(select(Subscriber.email, Subscriber.status)).all())
-        bounces = session.execute(select(Bounce.kind, Bounce.delivery_id)).all()
+        bounces = session.scalars(select(Bounce.kind)).all()
+        failed = session.scalars(select(Delivery.state)).all()
+    assert failed == [DeliveryState.FAILED] * 3
     assert statuses == {
         "reader001@example.org": SubscriberStatus.SUPPRESSED,
         "reader002@example.org": SubscriberStatus.ACTIVE,  # counted, not suppressed
+        # A block of our sending is no bounce of the reader's: not even counted.
         "reader003@example.org": SubscriberStatus.ACTIVE,
     }
-    assert sorted(kind for kind, _ in bounces) == [BounceKind.HARD, BounceKind.SOFT]
+    assert sorted(bounces) == [BounceKind.HARD, BounceKind.SOFT]
     with sessions() as session:
         assert is_suppressed(session, "reader001@example.org")
         assert not is_suppressed(session, "reader002@example.org")

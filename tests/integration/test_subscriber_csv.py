@@ -169,8 +169,10 @@ def test_an_import_never_brings_back_who_left(any_sessions) -> None:
         left = subscribe_active(session, newsletter, "left@example.org")
         session.commit()
         unsubscribe(session, left.id, newsletter.id)
+        # Left the other newsletter by its one-click link: not to be imported into this one.
         gone = subscribe_active(session, other, "gone@example.org")
-        gone.status = SubscriberStatus.UNSUBSCRIBED
+        session.commit()
+        unsubscribe(session, gone.id, other.id)
         subscribe_active(session, other, "elsewhere@example.org")
         waiting = Subscriber(email="waiting@example.org", status=SubscriberStatus.PENDING)
         session.add(waiting)

@@ -37,7 +37,7 @@ from digest.models import (
     utcnow,
 )
 from digest.privacy import erase_subscriber, personal_data
-from digest.subscriptions import address_hash, subscribe_active
+from digest.subscriptions import address_hash, subscribe_active, suppress
 from digest.sunset import REENGAGEMENT_GRACE, run_sunset
 
 READERS = ("clicker", "apple", "untracked", "silent")
@@ -114,6 +114,7 @@ def test_silent_readers_are_asked_once_then_paused_and_saving_brings_them_back(h
     assert sorted(received) == ["apple@example.org", "silent@example.org"]
     message = message_from_bytes(received["silent@example.org"][0].data, policy=policy.default)
     assert "still want" in message["Subject"]
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     keep = re.search(r"\S+/p/\S+", message.get_body(("plain",)).get_content())[0]
 
     # "apple" comes back with a human open of a later edition; "silent" does not.
@@ -149,6 +150,9 @@ def test_silent_readers_are_asked_once_then_paused_and_saving_brings_them_back(h
     )
     assert saved.status_code == 200
     assert _subscription(sessions, "silent").sunset_at is None
+    # Kept: the same silent editions are not held against them again.
+    with sessions() as session:
+        assert run_sunset(session, settings, utcnow()).reengaged == 0
 
 
 def test_access_and_erasure_keep_the_counts_and_the_suppression(history, web_server):
@@ -175,6 +179,10 @@ def test_access_and_erasure_keep_the_counts_and_the_suppression(history, web_ser
         session.add(
             Bounce(report_key="k", subscriber_id=clicker, kind=BounceKind.SOFT, detail=detail)
         )
+        session.execute(
+            update(Delivery).where(Delivery.subscriber_id == clicker).values(last_error=detail)
+        )
+        suppress(session, "clicker@example.org", "hard bounce", detail)
         session.commit()
     assert httpx.delete(f"{base}/api/subscribers/clicker@example.org", headers=auth).json() == {
         "status": "erased"
@@ -185,8 +193,11 @@ def test_access_and_erasure_keep_the_counts_and_the_suppression(history, web_ser
         assert (click.ip_prefix, click.user_agent, click.kind) == (None, None, ClickKind.HUMAN)
         held = session.execute(select(Subscriber.email, Subscriber.name)).all()
         held += session.execute(select(Bounce.detail)).all()
-        assert "clicker@example.org" not in str(held)
-        assert session.get(Suppression, address_hash("clicker@example.org")).reason == "erasure"
+        held += session.execute(select(Delivery.last_error)).all()
+        held += session.execute(select(Suppression.detail)).all()
+        assert "clicker" not in str(held)
+        # Suppressed before for its hard bounce: the suppression stays, its detail does not.
+        assert session.get(Suppression, address_hash("clicker@example.org")).reason == "hard bounce"
         actions = session.scalars(select(ConsentEvent.action).order_by(ConsentEvent.id)).all()
         assert actions[-2:] == ["suppressed", "erased"]
         # Only the hash-keyed consent log remains for the address.

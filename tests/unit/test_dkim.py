@@ -56,7 +56,7 @@ def _signed_message(env: dict[str, str], key_file: Path) -> bytes:
     edition = prepare_sample_edition(settings, 1)
     with session_factory(settings.database_url)() as session:
         mailer = EditionMailer(session, settings, session.merge(edition))
-        return mailer.message(Recipient(1, 1, "reader001@example.org", True), utcnow())
+        return mailer.message(Recipient(1, 1, "reader001@example.org", True, None), utcnow())
 
 
 def test_an_edition_message_is_signed_and_verifies(env, key_file, key) -> None:
@@ -84,7 +84,7 @@ def test_without_dkim_settings_nothing_is_signed(env) -> None:
     edition = prepare_sample_edition(settings, 1)
     with session_factory(settings.database_url)() as session:
         mailer = EditionMailer(session, settings, session.merge(edition))
-        message = mailer.message(Recipient(1, 1, "reader001@example.org", True), utcnow())
+        message = mailer.message(Recipient(1, 1, "reader001@example.org", True, None), utcnow())
     assert b"DKIM-Signature" not in message
 
 

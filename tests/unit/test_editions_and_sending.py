@@ -188,3 +188,28 @@ def test_dispatch_once_then_only_when_stalled(edition: Edition, sessions) -> Non
         # A claim within STALL means a worker is on it: no dispatch.
         assert sending.editions_to_dispatch(session, later + timedelta(seconds=1), 7) == {}
         assert edition.id in sending.editions_to_dispatch(session, muchlater, 7)
+
+
+def test_a_reader_who_left_after_the_audience_was_frozen_is_not_mailed(
+    sqlite_settings: Settings, sessions
+) -> None:
+    # The audience INSERT ... SELECT reads a snapshot: an unsubscribe committed meanwhile
+    # cancels nothing. The send checks again.
+    edition = prepare_sample_edition(sqlite_settings, 3)
+    with sessions() as session:
+        session.execute(
+            update(Subscription).where(Subscription.subscriber_id == 1).values(active=False)
+        )
+        session.execute(
+            update(Subscriber).where(Subscriber.id == 2).values(status=SubscriberStatus.SUPPRESSED)
+        )
+        session.commit()
+    outcomes = sending.send_batch(sessions, sqlite_settings, edition.id)
+    with sessions() as session:
+        states = dict(session.execute(select(Delivery.subscriber_id, Delivery.state)).all())
+    assert dict(outcomes) == {DeliveryState.SENT: 1}
+    assert states == {
+        1: DeliveryState.CANCELLED,
+        2: DeliveryState.CANCELLED,
+        3: DeliveryState.SENT,
+    }

@@ -8,6 +8,7 @@ import pytest
 from markupsafe import escape
 
 from digest.render import RenderedMessage, render_edition
+from digest.selection import MUST_READS
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 PIXEL = "https://news.example.com/o/WzFd.sig"
@@ -28,7 +29,7 @@ def _item(story_id: int, title: str, section: str = "WORLD", summary: str = "") 
 CONTENT = {
     "blocks": [
         {
-            "key": "must_read",
+            "key": MUST_READS,
             "title": "Must-Reads",
             "items": [
                 _item(1, "Kim Jong Un’s Achievements in 2024", "ASIA", "What Pyongyang counts."),
@@ -152,3 +153,20 @@ def test_every_message_links_to_unsubscribe_and_preferences(rendered):
     for part in (rendered.html, rendered.text):
         assert "https://news.example.com/u/UNSUB" in part
         assert "https://news.example.com/p/PREFS" in part
+
+
+def test_a_readers_sections_leave_out_other_stories_but_never_the_must_reads():
+    chosen = render_edition(
+        "Example News Daily",
+        "Subject",
+        "",
+        CONTENT,
+        href,
+        None,
+        unsubscribe_url="https://news.example.com/u/UNSUB",
+        preferences_url="https://news.example.com/p/PREFS",
+        sections=["Debate"],  # matched whatever the case
+    )
+    assert "Kim Jong Un" in chosen.text  # a Must-Read, though of another section
+    assert "North Korea’s Dangerous New Role" not in chosen.text
+    assert "Latest Stories" not in chosen.html  # the block is empty for this reader

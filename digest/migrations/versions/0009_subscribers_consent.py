@@ -59,8 +59,12 @@ def upgrade() -> None:
             sa.Column("reengagement_sent_at", sa.DateTime(timezone=True), nullable=True)
         )
         batch_op.add_column(sa.Column("sunset_at", sa.DateTime(timezone=True), nullable=True))
-    # Subscriptions from before double opt-in were confirmed when they were made.
+        batch_op.add_column(sa.Column("kept_at", sa.DateTime(timezone=True), nullable=True))
+    # Subscriptions from before double opt-in were confirmed when they were made, and an
+    # inactive one was unsubscribed (its time unknown: the latest it could be is not known
+    # either, so its creation stands in); without this it would pass for a pending sign-up.
     op.execute("UPDATE subscriptions SET confirmed_at = created_at WHERE active")
+    op.execute("UPDATE subscriptions SET unsubscribed_at = created_at WHERE NOT active")
 
     op.create_table(
         "suppressions",
@@ -138,8 +142,8 @@ def downgrade() -> None:
     op.drop_table("suppressions")
     with op.batch_alter_table("subscriptions", schema=None) as batch_op:
         for column in (
-            "sunset_at", "reengagement_sent_at", "paused_until", "send_hour", "frequency",
-            "sections", "unsubscribed_at", "confirmed_at",
+            "kept_at", "sunset_at", "reengagement_sent_at", "paused_until", "send_hour",
+            "frequency", "sections", "unsubscribed_at", "confirmed_at",
         ):  # fmt: skip
             batch_op.drop_column(column)
     with op.batch_alter_table("newsletters", schema=None) as batch_op:
