@@ -156,7 +156,7 @@ def run(args: argparse.Namespace, url: str, workdir: Path) -> None:
         edition = prepare_edition(session, newsletter, now.date(), now)
         first = session.scalars(select(Delivery).order_by(Delivery.id).limit(1)).one()
         message = EditionMailer(session, settings, edition).message(
-            Recipient(first.id, first.subscriber_id, "reader001@example.org", True), now
+            Recipient(first.id, first.subscriber_id, "reader001@example.org", True, None), now
         )
         edition_id = edition.id
 

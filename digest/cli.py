@@ -15,9 +15,11 @@ from contextlib import ExitStack
 from datetime import UTC, datetime
 from email import policy
 from email.parser import BytesParser
+from email.utils import parseaddr
 from pathlib import Path
 
 import click
+from jinja2 import TemplateNotFound
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
@@ -28,8 +30,10 @@ from digest.edition_control import (
     EditionStatus,
     cancel,
     edition_status,
+    hold_for_review,
     pause,
     resume,
+    send,
 )
 from digest.editions import EditionNotFound, NothingToSend, prepare_edition
 from digest.feeds import canonical_url
@@ -51,6 +55,7 @@ from digest.models import (
     utcnow,
 )
 from digest.privacy import erase_subscriber, personal_data
+from digest.render import environment
 from digest.sample_site import demo_newsletter, register_sample_sources
 from digest.sending import delivery_counts
 from digest.stats import edition_report, to_csv
@@ -62,7 +67,7 @@ from digest.subscriber_csv import (
     export_subscribers,
     import_subscribers,
 )
-from digest.subscriptions import InvalidAddress
+from digest.subscriptions import InvalidAddress, normalise_email
 from digest.sunset import run_sunset
 
 DEMO_WAIT_SECONDS = 180
@@ -482,10 +487,16 @@ def _status_line(status: EditionStatus) -> str:
     counts = " · ".join(f"{state} {n:,}" for state, n in status.counts.items() if n)
     eta = f"{status.eta_seconds:,.0f} s" if status.eta_seconds is not None else "-"
     why = f" ({status.pause_reason})" if status.state == "paused" else ""
+    waiting = ""
+    if status.waiting and status.next_local_send_at is not None:
+        waiting = (
+            f"\n  {status.waiting:,} waiting for their local send hour"
+            f" (next {status.next_local_send_at:%Y-%m-%d %H:%M} UTC)"
+        )
     return (
         f"edition {status.edition_id} ({status.subject}): {status.state}{why}\n"
         f"  progress {status.done:,}/{status.total:,} ({status.progress:.0%})  {counts}\n"
-        f"  rate {status.rate_per_second:,.1f}/s  ETA {eta}"
+        f"  rate {status.rate_per_second:,.1f}/s  ETA {eta}{waiting}"
     )
 
 
@@ -519,6 +530,39 @@ def editions_pause(edition_id: int) -> None:
     """Claim no further batch (one in flight finishes) until resume."""
     with _session(_settings()) as session:
         _control(session, pause, edition_id)
+
+
+@editions.command("prepare")
+@click.argument("slug")
+@click.option(
+    "--date",
+    "issue_date",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    help="The issue date (default: today, UTC).",
+)
+@click.option("--hold", is_flag=True, help="Keep it from going out until `editions send ID`.")
+def editions_prepare(slug: str, issue_date: datetime | None, hold: bool) -> None:
+    """Freeze a newsletter's edition now: stories, order, subject and audience. Without
+    --hold it goes out from the next beat tick (each reader at their local send hour, if the
+    newsletter has one). Preparing a day that exists shows that edition."""
+    with _session(_settings()) as session:
+        newsletter = _newsletter(session, slug)
+        now = utcnow()
+        day = issue_date.date() if issue_date else now.date()
+        try:
+            edition = prepare_edition(session, newsletter, day, now)
+        except NothingToSend as exc:
+            raise click.ClickException(f"{exc}: ingest first (`digest ingest`)") from exc
+        _control(session, hold_for_review if hold else edition_status, edition.id)
+
+
+@editions.command("send")
+@click.argument("edition_id", type=int)
+def editions_send(edition_id: int) -> None:
+    """Send an edition prepared with --hold, from the next beat tick."""
+    with _session(_settings()) as session:
+        _control(session, send, edition_id)
 
 
 @editions.command("resume")
@@ -723,3 +767,82 @@ def inbound(mailbox: str | None) -> None:
             raise click.ClickException(str(exc)) from exc
     summary = ", ".join(f"{n} {what}" for what, n in sorted(outcome.items())) or "nothing"
     click.echo(f"{handled} messages handled: {summary}")
+
+
+@main.group()
+def newsletters() -> None:
+    """The lists readers subscribe to, each with its own schedule, sender and sections."""
+
+
+@newsletters.command("save")
+@click.argument("slug")
+@click.option("--name", help="Shown to readers (required for a new newsletter).")
+@click.option("--from", "from_address", help="From address (default: DIGEST_FROM).")
+@click.option("--reply-to", help="Reply-To address.")
+@click.option("--template", help="templates/email/<TEMPLATE>.html and .txt (default: digest).")
+@click.option("--sections", help="Comma-separated sections readers may choose from.")
+@click.option(
+    "--send-hour-utc",
+    type=click.IntRange(0, 23),
+    help="Hour (UTC) the beat prepares the daily edition.",
+)
+@click.option(
+    "--local-send-hour",
+    type=click.IntRange(0, 23),
+    help="Deliver at this hour in each reader's time zone.",
+)
+@click.option(
+    "--weekly-day", type=click.IntRange(0, 6), help="Weekday of weekly readers (0 = Monday)."
+)
+@click.option(
+    "--consent-text", help="Shown on the subscribe form; its hash goes in the consent log."
+)
+def newsletters_save(slug: str, **options: object) -> None:
+    """Create the newsletter SLUG, or change the options given."""
+    values = {key: value for key, value in options.items() if value is not None}
+    if "sections" in values:
+        values["sections"] = [s.strip() for s in str(values["sections"]).split(",") if s.strip()]
+    for key in ("from_address", "reply_to"):
+        if key in values:
+            try:
+                normalise_email(parseaddr(str(values[key]))[1])
+            except InvalidAddress as exc:
+                hint = f"--{key.replace('_', '-')}"
+                raise click.BadParameter(str(exc), param_hint=hint) from exc
+    if "template" in values:
+        for part in ("html", "txt"):
+            try:
+                environment().get_template(f"email/{values['template']}.{part}")
+            except TemplateNotFound:
+                raise click.BadParameter(
+                    f"there is no templates/email/{values['template']}.{part}",
+                    param_hint="--template",
+                ) from None
+    with _session(_settings()) as session:
+        newsletter = session.scalars(select(Newsletter).where(Newsletter.slug == slug)).first()
+        if newsletter is None:
+            if "name" not in values:
+                raise click.ClickException(f"{slug!r} is new: give it a --name")
+            newsletter = Newsletter(slug=slug, **values)
+            session.add(newsletter)
+        else:
+            for key, value in values.items():
+                setattr(newsletter, key, value)
+        session.commit()
+        click.echo(_newsletter_line(newsletter))
+
+
+def _newsletter_line(n: Newsletter) -> str:
+    local = f", local {n.local_send_hour:02d}:00" if n.local_send_hour is not None else ""
+    prepared = f"{n.send_hour_utc:02d}:00 UTC" if n.send_hour_utc is not None else "by hand"
+    return (
+        f"{n.slug}: {n.name} (from {n.from_address or 'DIGEST_FROM'}; prepared {prepared}"
+        f"{local}; sections {', '.join(n.sections) or 'none'})"
+    )
+
+
+@newsletters.command("list")
+def newsletters_list() -> None:
+    with _session(_settings()) as session:
+        for newsletter in session.scalars(select(Newsletter).order_by(Newsletter.slug)):
+            click.echo(_newsletter_line(newsletter))

@@ -19,6 +19,8 @@ from digest.models import FINAL_DELIVERY_STATES, Delivery, DeliveryState, Editio
 from digest.sending import delivery_counts, pause_edition
 
 RATE_WINDOW = timedelta(minutes=1)
+# The pause reason of an edition prepared for review: ``send`` releases it.
+HELD = "held for review until sent"
 
 
 class EditionStateError(ValueError):
@@ -30,12 +32,15 @@ class EditionStatus:
     edition_id: int
     subject: str
     # preparing is not a state here: an edition exists only once its deliveries are written.
-    state: str  # sending | paused | sent | cancelled
+    state: str  # held | sending | paused | sent | cancelled
     total: int
     done: int
     counts: dict[str, int]
     rate_per_second: float
     eta_seconds: float | None
+    # Queued for a local send hour that has not come yet (digest.local_time), and the next one.
+    waiting: int
+    next_local_send_at: datetime | None
     paused_at: datetime | None
     pause_reason: str | None
     cancelled_at: datetime | None
@@ -57,12 +62,19 @@ def edition_status(session: Session, edition_id: int, now: datetime) -> EditionS
     )
     rate = (sent_recently or 0) / RATE_WINDOW.total_seconds()
     remaining = total - done
+    waiting, next_at = session.execute(
+        select(func.count(), func.min(Delivery.not_before)).where(
+            Delivery.edition_id == edition_id,
+            Delivery.state == DeliveryState.QUEUED,
+            Delivery.not_before > now,
+        )
+    ).one()
     if edition.cancelled_at is not None:
         state = "cancelled"
     elif remaining == 0:
         state = "sent"
     elif edition.paused_at is not None:
-        state = "paused"
+        state = "held" if edition.pause_reason == HELD else "paused"
     else:
         state = "sending"
     return EditionStatus(
@@ -73,7 +85,10 @@ def edition_status(session: Session, edition_id: int, now: datetime) -> EditionS
         done=done,
         counts={s.value: n for s, n in counts.items()},
         rate_per_second=rate,
-        eta_seconds=remaining / rate if state == "sending" and rate > 0 else None,
+        # For what may go now; the rows waiting for their local hour go at that hour.
+        eta_seconds=(remaining - waiting) / rate if state == "sending" and rate > 0 else None,
+        waiting=waiting,
+        next_local_send_at=next_at,
         paused_at=edition.paused_at,
         pause_reason=edition.pause_reason,
         cancelled_at=edition.cancelled_at,
@@ -105,15 +120,39 @@ def pause(session: Session, edition_id: int, now: datetime) -> EditionStatus:
     return edition_status(session, edition_id, now)
 
 
-def resume(session: Session, edition_id: int, now: datetime) -> EditionStatus:
-    """Sending continues from the next beat tick, one task per batch left."""
-    edition = _open_edition(session, edition_id, "resumed")
+def hold_for_review(session: Session, edition_id: int, now: datetime) -> EditionStatus:
+    """Keep a freshly prepared edition from going out until ``send`` (an editor's review)."""
+    _open_edition(session, edition_id, "held")
+    pause_edition(session, edition_id, now, HELD)
+    session.expire_all()
+    return edition_status(session, edition_id, now)
+
+
+def _release(session: Session, edition: Edition) -> None:
     if edition.paused_at is not None:
         edition.paused_at = None
         edition.pause_reason = None
         # Never dispatched, as far as the tick is concerned: it gets its full set of tasks.
         edition.dispatched_at = None
         session.commit()
+
+
+def send(session: Session, edition_id: int, now: datetime) -> EditionStatus:
+    """Send a held edition from the next beat tick; an edition already sending is left as it
+    is. One paused for another reason is refused: resuming it is a separate decision."""
+    edition = _open_edition(session, edition_id, "sent")
+    if edition.paused_at is not None and edition.pause_reason != HELD:
+        raise EditionStateError(
+            f"edition {edition_id} is paused ({edition.pause_reason}): look into that, then"
+            f" resume it with `digest editions resume {edition_id}`"
+        )
+    _release(session, edition)
+    return edition_status(session, edition_id, now)
+
+
+def resume(session: Session, edition_id: int, now: datetime) -> EditionStatus:
+    """Sending continues from the next beat tick, one task per batch left."""
+    _release(session, _open_edition(session, edition_id, "resumed"))
     return edition_status(session, edition_id, now)
 
 

@@ -16,6 +16,7 @@ from sqlalchemy import insert, literal, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from digest.local_time import schedule_local_sends
 from digest.models import (
     Delivery,
     DeliveryState,
@@ -165,6 +166,7 @@ def prepare_edition(
             ["edition_id", "subscriber_id", "state", "attempts", "created_at"], audience
         )
     )
+    schedule_local_sends(session, edition.id, newsletter, now)
     session.commit()
     return edition
 

@@ -260,6 +260,9 @@ class Newsletter(Base):
     consent_text: Mapped[str] = mapped_column(Text, default="", server_default="")
     # Hour of day (UTC) at which the beat prepares the daily edition; None = sent by hand only.
     send_hour_utc: Mapped[int | None]
+    # Local-time delivery: each reader's delivery waits for this hour in their time zone (or
+    # the hour they chose); None: sent as soon as the edition is prepared (digest.local_time).
+    local_send_hour: Mapped[int | None]
     must_read_limit: Mapped[int] = mapped_column(default=5)
     latest_limit: Mapped[int] = mapped_column(default=10)
     popular_limit: Mapped[int] = mapped_column(default=5, server_default="5")
@@ -387,6 +390,8 @@ class Delivery(Base):
     # have died inside the SMTP window and becomes ``unknown`` (never resent automatically).
     lease_until: Mapped[datetime | None]
     next_attempt_at: Mapped[datetime | None]
+    # Not claimed before this moment: the reader's local send hour (digest.local_time).
+    not_before: Mapped[datetime | None]
     claimed_at: Mapped[datetime | None]
     # Indexed for the send rate that /metrics reports (deliveries sent in the last minute).
     sent_at: Mapped[datetime | None] = mapped_column(index=True)

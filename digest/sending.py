@@ -102,6 +102,8 @@ def _claimable(now: datetime) -> ColumnElement[bool]:
     return and_(
         Delivery.state == DeliveryState.QUEUED,
         or_(Delivery.lease_until.is_(None), Delivery.lease_until < now),
+        # Waiting for the reader's local send hour (digest.local_time).
+        or_(Delivery.not_before.is_(None), Delivery.not_before <= now),
         ~exists().where(
             Edition.id == Delivery.edition_id,
             or_(Edition.paused_at.is_not(None), Edition.cancelled_at.is_not(None)),
@@ -567,8 +569,9 @@ def editions_to_dispatch(session: Session, now: datetime, batch_size: int) -> di
     """Editions whose claimable deliveries no worker is working on, and what to enqueue.
 
     Never dispatched: one task per batch. Dispatched but untouched for STALL (the messages were
-    lost, or sit behind a long backlog): a few self-continuing tasks, so that a false alarm
-    adds little and a real loss is still worked off. The caller enqueues after this commit.
+    lost, or sit behind a long backlog, or a later local-time bucket came due): a few
+    self-continuing tasks, so that a false alarm adds little and the work is still done. The
+    caller enqueues after this commit.
     """
     recent = now - STALL
     claimable = (

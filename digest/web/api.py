@@ -8,7 +8,7 @@ import hmac
 import io
 import tempfile
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
@@ -23,10 +23,12 @@ from digest.edition_control import (
     EditionStatus,
     cancel,
     edition_status,
+    hold_for_review,
     pause,
     resume,
+    send,
 )
-from digest.editions import EditionNotFound
+from digest.editions import EditionNotFound, NothingToSend, prepare_edition
 from digest.inbound import handle_inbound
 from digest.models import Newsletter, utcnow
 from digest.privacy import erase_subscriber, personal_data
@@ -138,6 +140,34 @@ def post_edition_pause(edition_id: int, session: DB) -> EditionStatus:
 def post_edition_resume(edition_id: int, session: DB) -> EditionStatus:
     """The rest is sent from the next beat tick."""
     return _control(resume, session, edition_id)
+
+
+@router.post("/editions/{edition_id}/send", responses=_CONTROL_RESPONSES)
+def post_edition_send(edition_id: int, session: DB) -> EditionStatus:
+    """Send an edition prepared with `hold` from the next beat tick (409 for one paused for
+    another reason: resume that)."""
+    return _control(send, session, edition_id)
+
+
+@router.post(
+    "/newsletters/{slug}/editions",
+    responses={404: {"description": "No such newsletter"}, 409: {"description": "No stories"}},
+)
+def post_newsletter_edition(
+    slug: str, session: DB, issue_date: date | None = None, hold: bool = False
+) -> EditionStatus:
+    """Freeze the newsletter's edition of `issue_date` (default: today, UTC) now; with
+    `hold`, it waits for `POST /api/editions/{id}/send`. An existing day's edition is
+    returned as it is."""
+    newsletter = session.scalars(select(Newsletter).where(Newsletter.slug == slug)).first()
+    if newsletter is None:
+        raise HTTPException(404, f"there is no newsletter {slug!r}")
+    now = utcnow()
+    try:
+        edition = prepare_edition(session, newsletter, issue_date or now.date(), now)
+    except NothingToSend as exc:
+        raise HTTPException(409, str(exc)) from exc
+    return _control(hold_for_review if hold else edition_status, session, edition.id)
 
 
 @router.post("/editions/{edition_id}/cancel", responses=_CONTROL_RESPONSES)

@@ -17,7 +17,7 @@ from digest.db import session_factory
 from digest.edition_control import EditionStateError, cancel, edition_status, pause, resume
 from digest.editions import EditionNotFound
 from digest.models import DeliveryState, Edition, utcnow
-from tests.support import prepare_sample_edition, send_until_done, wait_until
+from tests.support import prepare_sample_edition, seed_sample_site, send_until_done, wait_until
 
 TOKEN = "control-test-token"
 
@@ -177,3 +177,18 @@ def test_a_batch_under_the_threshold_goes_on(env, smtp_sink) -> None:
     sending.send_batch(_sessions(settings), settings, edition.id)
     with _sessions(settings)() as session:
         assert edition_status(session, edition.id, utcnow()).state == "sent"
+
+
+def test_prepare_held_then_send_through_the_api(env, web_server) -> None:
+    env["DIGEST_API_TOKENS"] = TOKEN
+    settings = load_settings(env)
+    seed_sample_site(settings, 2)
+    base = web_server(settings)
+    api = httpx.Client(base_url=f"{base}/api", headers={"Authorization": f"Bearer {TOKEN}"})
+    held = api.post("/newsletters/daily/editions", params={"hold": "true"}).json()
+    assert held["state"] == "held" and held["total"] == 2
+    assert api.post("/newsletters/nope/editions").status_code == 404
+    sent = api.post(f"/editions/{held['edition_id']}/send").json()
+    assert sent["state"] == "sending"
+    api.post(f"/editions/{held['edition_id']}/pause")
+    assert api.post(f"/editions/{held['edition_id']}/send").status_code == 409
