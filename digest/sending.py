@@ -12,9 +12,12 @@ Invariants:
   workers never hold the same row. A claimed row stays ``queued``: if its worker dies, the lease
   runs out and the row is simply claimed again.
 - A row becomes ``sending`` (committed) only once the relay accepted its recipient, right
-  before the message itself goes out, and gets its outcome committed right after. So a crash
-  leaves at most the one message being handed over in ``sending``; when its lease runs out the
-  reconciler marks it ``unknown``: it may have been delivered, so it is never resent.
+  before the message itself goes out. Its outcome is committed with the next message's
+  ``sending`` (one commit per message instead of two), or at once when it is not a plain
+  success, or when the batch ends. So a crash leaves at most one message in ``sending``: the one
+  being handed over, or the one just accepted whose success had not been committed yet. When its
+  lease runs out the reconciler marks it ``unknown``: it may have been delivered, so it is never
+  resent.
 - A relay that takes nothing (down, refusing the sender, closing) stops the batch without
   charging any recipient: the untried rows go back to the queue and the task retries later.
 - One recipient whose message cannot be built (bad data) fails alone; the batch goes on.
@@ -22,6 +25,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -30,9 +34,10 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parseaddr
+from typing import Any
 
 from jinja2 import TemplateError
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, Update, and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -138,17 +143,38 @@ def claim_batch(session: Session, edition_id: int, limit: int, now: datetime) ->
     return sorted(claimed)
 
 
+@functools.cache
+def _update_statement(
+    since: tuple[DeliveryState, ...], columns: tuple[str, ...], count_attempt: bool
+) -> Update:
+    """One delivery's state change, built once per shape: two of these run per message, and
+    building and running them through the ORM cost more than the database does
+    (bench/RESULTS.md, sending end to end)."""
+    table = Delivery.__table__
+    values: dict[str, Any] = {c: bindparam(c, type_=table.c[c].type) for c in columns}
+    if count_attempt:
+        values["attempts"] = table.c.attempts + 1
+    return (
+        update(table)
+        .where(table.c.id == bindparam("delivery_id"), table.c.state.in_(since))
+        .values(values)
+    )
+
+
 def _set(
-    session: Session, delivery_id: int, since: tuple[DeliveryState, ...], **values: object
+    session: Session,
+    delivery_id: int,
+    since: tuple[DeliveryState, ...],
+    *,
+    commit: bool = True,
+    count_attempt: bool = False,
+    **values: object,
 ) -> bool:
-    done = session.execute(
-        update(Delivery)
-        .where(Delivery.id == delivery_id, Delivery.state.in_(since))
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    session.commit()
-    return bool(done)
+    statement = _update_statement(since, tuple(sorted(values)), count_attempt)
+    done = session.connection().execute(statement, {"delivery_id": delivery_id, **values})
+    if commit:
+        session.commit()
+    return bool(done.rowcount)
 
 
 def _begin(session: Session, delivery_id: int) -> bool:
@@ -162,15 +188,24 @@ def _begin(session: Session, delivery_id: int) -> bool:
     )
 
 
-def _settle(session: Session, delivery_id: int, state: DeliveryState, **values: object) -> None:
-    """Record an attempt's outcome (the refusal may come before or after ``_begin``)."""
+def _settle(
+    session: Session,
+    delivery_id: int,
+    state: DeliveryState,
+    *,
+    commit: bool = True,
+    **values: object,
+) -> None:
+    """Record an attempt's outcome (the refusal may come before or after ``_begin``). Without
+    ``commit``, the next commit carries it: the next ``_begin``, or the batch's end."""
     _set(
         session,
         delivery_id,
         (DeliveryState.QUEUED, DeliveryState.SENDING),
+        commit=commit,
+        count_attempt=True,
         state=state,
         lease_until=None,
-        attempts=Delivery.attempts + 1,
         **values,
     )
 
@@ -341,7 +376,10 @@ def _hand_over(
             next_attempt_at=utcnow() + retry_delay(attempts + 1),
         )
         return DeliveryState.DEFERRED
-    _settle(session, delivery_id, DeliveryState.SENT, sent_at=utcnow(), last_error=None)
+    # Committed with the next message's start (or the batch's end): see the module's invariants.
+    _settle(
+        session, delivery_id, DeliveryState.SENT, commit=False, sent_at=utcnow(), last_error=None
+    )
     return DeliveryState.SENT
 
 
@@ -474,6 +512,10 @@ def send_batch(
             # off by anything else (a time limit, the worker's shutdown) goes back only if it
             # never reached DATA: once ``sending``, it stays for its lease and then becomes
             # ``unknown``, because it may have gone out.
+            try:
+                session.commit()  # the last success, if it is still waiting for a commit
+            except SQLAlchemyError:
+                log.exception("could not record the last outcome; its lease settles it")
             session.rollback()
             if in_flight is not None:
                 untried.append(in_flight)

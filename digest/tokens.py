@@ -7,7 +7,10 @@ verifies with all of them, so the list is reversed: rotating in a new key keeps 
 
 from __future__ import annotations
 
+import hmac
+
 from itsdangerous import BadSignature, URLSafeSerializer, URLSafeTimedSerializer
+from itsdangerous.encoding import base64_encode
 
 CLICK = "click-v1"
 OPEN = "open-v1"
@@ -27,17 +30,40 @@ def _is_id(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID
 
 
+class _Minter:
+    """Mints exactly what ``serializer.dumps`` would, ~4x faster: the signing key is derived
+    and the HMAC keyed once, not per token. A message carries ~20 tokens (one per link), so
+    itsdangerous's per-call setup was a tenth of a send's CPU (bench/RESULTS.md). Reading
+    tokens stays with itsdangerous, which also tries the older keys."""
+
+    def __init__(self, serializer: URLSafeSerializer) -> None:
+        self._payload = serializer.dump_payload
+        signer = serializer.make_signer()
+        self._mac = hmac.new(signer.derive_key(), digestmod=signer.digest_method)
+        self._sep = signer.sep
+
+    def __call__(self, value: object) -> str:
+        payload = self._payload(value)
+        mac = self._mac.copy()
+        mac.update(payload)
+        return (payload + self._sep + base64_encode(mac.digest())).decode("ascii")
+
+
 class TokenSigner:
     def __init__(self, secret_keys: tuple[str, ...]) -> None:
         keys = list(reversed(secret_keys))
         self._click = URLSafeSerializer(keys, salt=CLICK)
         self._open = URLSafeSerializer(keys, salt=OPEN)
         self._unsubscribe = URLSafeSerializer(keys, salt=UNSUBSCRIBE)
+        self._mint_click = _Minter(self._click)
+        self._mint_open = _Minter(self._open)
+        self._mint_unsubscribe = _Minter(self._unsubscribe)
         self._confirm = URLSafeTimedSerializer(keys, salt=CONFIRM)
         self._preferences = URLSafeSerializer(keys, salt=PREFERENCES)
+        self._mint_preferences = _Minter(self._preferences)
 
     def click_token(self, link_id: int, delivery_id: int | None) -> str:
-        return self._click.dumps([link_id, delivery_id])
+        return self._mint_click([link_id, delivery_id])
 
     def read_click_token(self, token: str) -> tuple[int, int | None] | None:
         """(link id, delivery id), or None for anything not minted by us."""
@@ -50,7 +76,7 @@ class TokenSigner:
         return link_id, delivery_id
 
     def open_token(self, delivery_id: int) -> str:
-        return self._open.dumps(delivery_id)
+        return self._mint_open(delivery_id)
 
     def read_open_token(self, token: str) -> int | None:
         try:
@@ -64,7 +90,7 @@ class TokenSigner:
     ) -> str:
         """The delivery, when given, says which message the reader left through."""
         ids = [subscriber_id, newsletter_id]
-        return self._unsubscribe.dumps(ids if delivery_id is None else [*ids, delivery_id])
+        return self._mint_unsubscribe(ids if delivery_id is None else [*ids, delivery_id])
 
     def read_unsubscribe_token(self, token: str) -> tuple[int, int, int | None] | None:
         """(subscriber id, newsletter id, delivery id or None), or None for anything not
@@ -89,7 +115,7 @@ class TokenSigner:
         return _id_pair(ids)
 
     def preferences_token(self, subscriber_id: int, newsletter_id: int) -> str:
-        return self._preferences.dumps([subscriber_id, newsletter_id])
+        return self._mint_preferences([subscriber_id, newsletter_id])
 
     def read_preferences_token(self, token: str) -> tuple[int, int] | None:
         try:
