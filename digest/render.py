@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from markupsafe import escape
 
 from digest.selection import MUST_READS
 
@@ -39,6 +41,92 @@ class RenderedMessage:
     text: str
 
 
+# Where a reader's own URL goes in a layout: NUL never occurs in rendered text, and
+# autoescaping leaves it alone.
+_SLOT = re.compile("\x00([a-z0-9_]+)\x00")
+
+
+def _slot(name: str) -> str:
+    return f"\x00{name}\x00"
+
+
+@dataclass(frozen=True)
+class EditionLayout:
+    """An edition rendered once for one kind of reader (their sections; tracked or not), with
+    a slot wherever a reader's own URL goes. ``fill`` makes each reader's message with string
+    joins: Jinja runs once per batch and kind of reader, not once per message.
+
+    The parts alternate: literal text, slot name, literal text, ..., literal text.
+    """
+
+    subject: str
+    html: tuple[str, ...]
+    text: tuple[str, ...]
+
+    def fill(self, url: Callable[[str], str]) -> RenderedMessage:
+        """``url`` gives this reader's URL for a slot: ``link_<id>``, ``pixel``,
+        ``unsubscribe`` or ``preferences``. In HTML the URL is escaped as the template's
+        autoescaping would have."""
+        return RenderedMessage(
+            subject=self.subject,
+            html=_joined(self.html, lambda name: str(escape(url(name)))),
+            text=_joined(self.text, url),
+        )
+
+
+def _joined(parts: tuple[str, ...], value: Callable[[str], str]) -> str:
+    filled = list(parts)
+    for n in range(1, len(parts), 2):
+        filled[n] = value(parts[n])
+    return "".join(filled)
+
+
+def link_slot(link_id: int) -> str:
+    return f"link_{link_id}"
+
+
+def render_layout(
+    newsletter_name: str,
+    subject: str,
+    preheader: str,
+    content: Mapping[str, Any],
+    *,
+    tracked: bool,
+    sections: Collection[str] | None = None,
+    template: str = "digest",
+) -> EditionLayout:
+    """Render the frozen content for readers who chose ``sections`` (None: every section):
+    stories of other sections are left out, except the Must-Reads, which the newsroom chose
+    for everyone; a block left empty is left out. Untracked readers get no open pixel."""
+    chosen = None if sections is None else {s.casefold() for s in sections}
+    blocks = []
+    for block in content["blocks"]:
+        items = [
+            {**item, "href": _slot(link_slot(item["link_id"]))}
+            for item in block["items"]
+            if chosen is None
+            or block.get("key") == MUST_READS
+            or item.get("section", "").casefold() in chosen
+        ]
+        if items:
+            blocks.append({"title": block["title"], "items": items})
+    context = {
+        "newsletter_name": newsletter_name,
+        "subject": subject,
+        "preheader": preheader,
+        "blocks": blocks,
+        "open_pixel_url": _slot("pixel") if tracked else None,
+        "unsubscribe_url": _slot("unsubscribe"),
+        "preferences_url": _slot("preferences"),
+    }
+    env = environment()
+    return EditionLayout(
+        subject=subject,
+        html=tuple(_SLOT.split(env.get_template(f"email/{template}.html").render(context))),
+        text=tuple(_SLOT.split(env.get_template(f"email/{template}.txt").render(context))),
+    )
+
+
 def render_edition(
     newsletter_name: str,
     subject: str,
@@ -52,36 +140,22 @@ def render_edition(
     sections: Collection[str] | None = None,
     template: str = "digest",
 ) -> RenderedMessage:
-    """``href`` maps a frozen item's link id to the URL this recipient should see.
-
-    ``sections`` are the reader's choice (None: every section): stories of other sections are
-    left out, except the Must-Reads, which the newsroom chose for everyone. A block left empty
-    is left out.
-    """
-    chosen = None if sections is None else {s.casefold() for s in sections}
-    blocks = []
-    for block in content["blocks"]:
-        items = [
-            {**item, "href": href(item["link_id"])}
-            for item in block["items"]
-            if chosen is None
-            or block.get("key") == MUST_READS
-            or item.get("section", "").casefold() in chosen
-        ]
-        if items:
-            blocks.append({"title": block["title"], "items": items})
-    context = {
-        "newsletter_name": newsletter_name,
-        "subject": subject,
-        "preheader": preheader,
-        "blocks": blocks,
-        "open_pixel_url": open_pixel_url,
-        "unsubscribe_url": unsubscribe_url,
-        "preferences_url": preferences_url,
+    """One reader's message in one go (a preview, a test send): ``href`` maps a frozen item's
+    link id to the URL this reader should see."""
+    layout = render_layout(
+        newsletter_name,
+        subject,
+        preheader,
+        content,
+        tracked=open_pixel_url is not None,
+        sections=sections,
+        template=template,
+    )
+    fixed = {
+        "pixel": open_pixel_url or "",
+        "unsubscribe": unsubscribe_url,
+        "preferences": preferences_url,
     }
-    env = environment()
-    return RenderedMessage(
-        subject=subject,
-        html=env.get_template(f"email/{template}.html").render(context),
-        text=env.get_template(f"email/{template}.txt").render(context),
+    return layout.fill(
+        lambda name: fixed[name] if name in fixed else href(int(name.removeprefix("link_")))
     )

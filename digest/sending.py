@@ -67,7 +67,7 @@ from digest.models import (
     utcnow,
 )
 from digest.rate_limit import SendRateLimit
-from digest.render import render_edition
+from digest.render import EditionLayout, render_layout
 from digest.tokens import TokenSigner
 from digest.verp import UNSUBSCRIBE, short_mac, tagged_address, verp_address
 
@@ -250,6 +250,7 @@ class EditionMailer:
         self.link_urls = dict(
             session.execute(select(Link.id, Link.url).where(Link.edition_id == edition.id)).all()
         )
+        self._layouts: dict[tuple[tuple[str, ...] | None, bool], EditionLayout] = {}
 
     def envelope_from(self, recipient: Recipient) -> str:
         """The SMTP envelope sender (where bounces go): the delivery's VERP address when
@@ -260,34 +261,45 @@ class EditionMailer:
             self.settings.secret_keys, self.settings.bounce_domain, recipient.delivery_id
         )
 
+    def _layout(self, sections: list[str] | None, tracked: bool) -> EditionLayout:
+        """The edition rendered once per batch for each kind of reader in it."""
+        key = (None if sections is None else tuple(sections), tracked)
+        layout = self._layouts.get(key)
+        if layout is None:
+            layout = self._layouts[key] = render_layout(
+                self.newsletter.name,
+                self.edition.subject,
+                self.edition.preheader,
+                self.edition.content,
+                tracked=tracked,
+                sections=sections,
+                template=self.newsletter.template,
+            )
+        return layout
+
     def message(self, recipient: Recipient, now: datetime) -> bytes:
         base = self.settings.base_url
         # Off for this reader or for the whole installation: plain links, no pixel.
         tracked = recipient.tracking and self.settings.tracking
-
-        def href(link_id: int) -> str:
-            if not tracked:
-                return self.link_urls[link_id]
-            return f"{base}/c/{self.signer.click_token(link_id, recipient.delivery_id)}"
-
-        pixel = f"{base}/o/{self.signer.open_token(recipient.delivery_id)}" if tracked else None
+        delivery_id = recipient.delivery_id
         token = self.signer.unsubscribe_token(
-            recipient.subscriber_id, self.newsletter.id, recipient.delivery_id
+            recipient.subscriber_id, self.newsletter.id, delivery_id
         )
         unsubscribe = f"{base}/u/{token}"
         preferences = self.signer.preferences_token(recipient.subscriber_id, self.newsletter.id)
-        rendered = render_edition(
-            self.newsletter.name,
-            self.edition.subject,
-            self.edition.preheader,
-            self.edition.content,
-            href,
-            pixel,
-            unsubscribe_url=unsubscribe,
-            preferences_url=f"{base}/p/{preferences}",
-            sections=recipient.sections,
-            template=self.newsletter.template,
-        )
+        fixed = {"unsubscribe": unsubscribe, "preferences": f"{base}/p/{preferences}"}
+
+        def url(slot: str) -> str:
+            if slot in fixed:
+                return fixed[slot]
+            if slot == "pixel":
+                return f"{base}/o/{self.signer.open_token(delivery_id)}"
+            link_id = int(slot.removeprefix("link_"))
+            if not tracked:
+                return self.link_urls[link_id]
+            return f"{base}/c/{self.signer.click_token(link_id, delivery_id)}"
+
+        rendered = self._layout(recipient.sections, tracked).fill(url)
         list_id = f"{self.newsletter.slug}.{self.domain}"
         # The mailto is for clients without one-click support; it is offered only where mail
         # comes back to us (a bounce domain routed to the webhook, or the inbound mailbox),

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from markupsafe import escape
 
-from digest.render import RenderedMessage, render_edition
+from digest.render import RenderedMessage, environment, render_edition
 from digest.selection import MUST_READS
 
 HOSTILE = "<img src=x onerror=alert(1)>"
@@ -170,3 +170,51 @@ def test_a_readers_sections_leave_out_other_stories_but_never_the_must_reads():
     assert "Kim Jong Un" in chosen.text  # a Must-Read, though of another section
     assert "North Korea’s Dangerous New Role" not in chosen.text
     assert "Latest Stories" not in chosen.html  # the block is empty for this reader
+
+
+@pytest.mark.parametrize("pixel", [PIXEL, None])
+@pytest.mark.parametrize("sections", [None, ["Asia"]])
+def test_a_filled_layout_is_what_rendering_each_message_would_give(pixel, sections):
+    # The layout renders once with slots and fills URLs in per reader; rendering the template
+    # with the reader's URLs directly is the reference. Untracked links carry & in their query.
+    def plain(link_id: int) -> str:
+        return f"https://news.example.com/story/{link_id}?utm_source=newsletter&utm_medium=email"
+
+    chosen = None if sections is None else {s.casefold() for s in sections}
+    blocks = [
+        {
+            "title": block["title"],
+            "items": [
+                {**item, "href": plain(item["link_id"])}
+                for item in block["items"]
+                if chosen is None
+                or block["key"] == MUST_READS
+                or item["section"].casefold() in chosen
+            ],
+        }
+        for block in CONTENT["blocks"]
+    ]
+    context = {
+        "newsletter_name": "Example News Daily",
+        "subject": "Subject",
+        "preheader": "Pre & header",
+        "blocks": [b for b in blocks if b["items"]],
+        "open_pixel_url": pixel,
+        "unsubscribe_url": "https://news.example.com/u/UN&SUB",
+        "preferences_url": "https://news.example.com/p/PREFS",
+    }
+    env = environment()
+    filled = render_edition(
+        "Example News Daily",
+        "Subject",
+        "Pre & header",
+        CONTENT,
+        plain,
+        pixel,
+        unsubscribe_url="https://news.example.com/u/UN&SUB",
+        preferences_url="https://news.example.com/p/PREFS",
+        sections=sections,
+    )
+    assert filled.html == env.get_template("email/digest.html").render(context)
+    assert filled.text == env.get_template("email/digest.txt").render(context)
+    assert "utm_source=newsletter&amp;utm_medium=email" in filled.html
