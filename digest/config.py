@@ -44,6 +44,9 @@ class Settings:
     tracking_retention_days: int
     batch_size: int
     tick_seconds: float
+    # An edition with claimable rows nobody claimed for this long is dispatched again (its
+    # broker messages were lost: a broker restarted without persistence, a purged queue).
+    stall_seconds: float
     log_format: str
     log_level: str
     # Messages per second for the whole installation; None: as fast as the workers go.
@@ -163,6 +166,10 @@ def _dkim(env: Mapping[str, str]) -> dict[str, Any]:
     return {"dkim_selector": selector, "dkim_key": key}
 
 
+# How long claimable rows may sit untouched before the tick takes their edition up again
+# (DIGEST_STALL_SECONDS): long enough that a backlog is not mistaken for a loss.
+DEFAULT_STALL_SECONDS = 300
+
 # How long one send task may send for before it hands the rest of its batch back to the queue:
 # well inside the task's soft time limit (tasks/app.py, 270 s) and its rows' lease (10 min).
 MAX_BATCH_SECONDS = 240
@@ -193,6 +200,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         batch_size=int(_number(env, "DIGEST_BATCH_SIZE", "100", int)),
         tick_seconds=_number(env, "DIGEST_TICK_SECONDS", "15", float),
+        stall_seconds=_number(env, "DIGEST_STALL_SECONDS", str(DEFAULT_STALL_SECONDS), float),
         **_dkim(env),
         bounce_domain=env.get("DIGEST_BOUNCE_DOMAIN", "").strip().lower() or None,
         inbound_mailbox=env.get("DIGEST_INBOUND_MAILBOX", "").strip() or None,

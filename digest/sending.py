@@ -43,7 +43,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from digest.bounce_reports import ReportKind, classify_smtp_reply
 from digest.bounces import record_bounce
-from digest.config import MAX_BATCH_SECONDS, Settings
+from digest.config import DEFAULT_STALL_SECONDS, MAX_BATCH_SECONDS, Settings
 from digest.logs import log_context
 from digest.mail import (
     PermanentError,
@@ -74,7 +74,7 @@ from digest.verp import UNSUBSCRIBE, short_mac, tagged_address, verp_address
 log = logging.getLogger(__name__)
 
 LEASE = timedelta(minutes=10)
-STALL = timedelta(minutes=5)
+STALL = timedelta(seconds=DEFAULT_STALL_SECONDS)
 MAX_ATTEMPTS = 5
 RETRY_BASE = timedelta(minutes=5)
 # A batch of at least this many attempts in which at least this share did not go out (failed,
@@ -619,15 +619,17 @@ class Dispatch:
     continuing: bool
 
 
-def editions_to_dispatch(session: Session, now: datetime, batch_size: int) -> dict[int, Dispatch]:
+def editions_to_dispatch(
+    session: Session, now: datetime, batch_size: int, stall: timedelta = STALL
+) -> dict[int, Dispatch]:
     """Editions whose claimable deliveries no worker is working on, and what to enqueue.
 
-    Never dispatched: one task per batch. Dispatched but untouched for STALL (the messages were
+    Never dispatched: one task per batch. Dispatched but untouched for ``stall`` (the messages were
     lost, or sit behind a long backlog, or a later local-time bucket came due): a few
     self-continuing tasks, so that a false alarm adds little and the work is still done. The
     caller enqueues after this commit.
     """
-    recent = now - STALL
+    recent = now - stall
     claimable = (
         select(Delivery.edition_id, func.count().label("n"))
         .where(_claimable(now))

@@ -38,7 +38,9 @@ def tick() -> None:
         retried = sending.reconcile(session, now)
         sources = claim_due_sources(session, now)
         prepare_due_editions(session, now)
-        due = sending.editions_to_dispatch(session, now, settings.batch_size)
+        due = sending.editions_to_dispatch(
+            session, now, settings.batch_size, timedelta(seconds=settings.stall_seconds)
+        )
     # Enqueued after the commits above. One task per source, so a broken or slow source
     # never holds up the others; one per batch of deliveries to send.
     for source_id in sources:
