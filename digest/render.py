@@ -125,37 +125,3 @@ def render_layout(
         html=tuple(_SLOT.split(env.get_template(f"email/{template}.html").render(context))),
         text=tuple(_SLOT.split(env.get_template(f"email/{template}.txt").render(context))),
     )
-
-
-def render_edition(
-    newsletter_name: str,
-    subject: str,
-    preheader: str,
-    content: Mapping[str, Any],
-    href: Callable[[int], str],
-    open_pixel_url: str | None,
-    *,
-    unsubscribe_url: str,
-    preferences_url: str,
-    sections: Collection[str] | None = None,
-    template: str = "digest",
-) -> RenderedMessage:
-    """One reader's message in one go (a preview, a test send): ``href`` maps a frozen item's
-    link id to the URL this reader should see."""
-    layout = render_layout(
-        newsletter_name,
-        subject,
-        preheader,
-        content,
-        tracked=open_pixel_url is not None,
-        sections=sections,
-        template=template,
-    )
-    fixed = {
-        "pixel": open_pixel_url or "",
-        "unsubscribe": unsubscribe_url,
-        "preferences": preferences_url,
-    }
-    return layout.fill(
-        lambda name: fixed[name] if name in fixed else href(int(name.removeprefix("link_")))
-    )

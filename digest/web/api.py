@@ -207,7 +207,7 @@ async def post_inbound(request: Request) -> dict[str, int]:
     return await run_in_threadpool(handle)
 
 
-def _erasure_target(session: Session, email: str) -> dict[str, Any]:
+def _held_data(session: Session, email: str) -> dict[str, Any]:
     try:
         data = personal_data(session, email)
     except InvalidAddress as exc:
@@ -221,14 +221,14 @@ def _erasure_target(session: Session, email: str) -> dict[str, Any]:
 def get_subscriber_data(email: str, session: DB) -> dict[str, Any]:
     """Everything held about the address (GDPR access and portability): profile,
     subscriptions and preferences, deliveries, opens, clicks, bounces and the consent log."""
-    return _erasure_target(session, email)
+    return _held_data(session, email)
 
 
 @router.delete("/subscribers/{email}", responses={404: {"description": "Nothing held"}})
 def delete_subscriber(email: str, session: DB) -> dict[str, str]:
     """Erase the person behind the address (GDPR erasure): personal data removed, counts
     kept, the address suppressed as a hash so no import brings it back."""
-    _erasure_target(session, email)
+    _held_data(session, email)
     if not erase_subscriber(session, email):
         raise HTTPException(404, "there is no subscriber with this address")
     return {"status": "erased"}

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from markupsafe import escape
 
-from digest.render import RenderedMessage, environment, render_edition
+from digest.render import RenderedMessage, environment, render_layout
 from digest.selection import MUST_READS
 
 HOSTILE = "<img src=x onerror=alert(1)>"
@@ -51,6 +52,37 @@ ITEMS = [item for block in CONTENT["blocks"] for item in block["items"]]
 
 def href(link_id: int) -> str:
     return f"https://news.example.com/c/{link_id}?d=7&k=tok"
+
+
+def render_edition(
+    newsletter_name: str,
+    subject: str,
+    preheader: str,
+    content: dict[str, Any],
+    link: Callable[[int], str],
+    open_pixel_url: str | None,
+    *,
+    unsubscribe_url: str,
+    preferences_url: str,
+    sections: list[str] | None = None,
+) -> RenderedMessage:
+    """One reader's message, as the sending engine makes it: a layout, then its URLs."""
+    layout = render_layout(
+        newsletter_name,
+        subject,
+        preheader,
+        content,
+        tracked=open_pixel_url is not None,
+        sections=sections,
+    )
+    fixed = {
+        "pixel": open_pixel_url or "",
+        "unsubscribe": unsubscribe_url,
+        "preferences": preferences_url,
+    }
+    return layout.fill(
+        lambda name: fixed[name] if name in fixed else link(int(name.removeprefix("link_")))
+    )
 
 
 def render(
