@@ -12,12 +12,12 @@ Invariants:
   workers never hold the same row. A claimed row stays ``queued``: if its worker dies, the lease
   runs out and the row is simply claimed again.
 - A row becomes ``sending`` (committed) only once the relay accepted its recipient, right
-  before the message itself goes out. Its outcome is committed with the next message's
-  ``sending`` (one commit per message instead of two), or at once when it is not a plain
-  success, or when the batch ends. So a crash leaves at most one message in ``sending``: the one
-  being handed over, or the one just accepted whose success had not been committed yet. When its
-  lease runs out the reconciler marks it ``unknown``: it may have been delivered, so it is never
-  resent.
+  before the message itself goes out. On PostgreSQL its outcome is committed with the next
+  message's ``sending`` (one commit per message instead of two), or at once when it is not a
+  plain success, before a wait for the send rate, or when the batch ends. So a crash leaves at
+  most one message in ``sending``: the one being handed over, or the one just accepted whose
+  success was not committed yet. When its lease runs out the reconciler marks it ``unknown``:
+  it may have been delivered, so it is never resent.
 - A relay that takes nothing (down, refusing the sender, closing) stops the batch without
   charging any recipient: the untried rows go back to the queue and the task retries later.
 - One recipient whose message cannot be built (bad data) fails alone; the batch goes on.
@@ -388,9 +388,17 @@ def _hand_over(
             next_attempt_at=utcnow() + retry_delay(attempts + 1),
         )
         return DeliveryState.DEFERRED
-    # Committed with the next message's start (or the batch's end): see the module's invariants.
+    # On PostgreSQL, committed with the next message's start (or the batch's end): see the
+    # module's invariants. The open transaction locks only this row, which is ours anyway.
+    # SQLite locks the whole database for a writer, so there it is committed at once: other
+    # workers must not wait behind our next SMTP exchange.
     _settle(
-        session, delivery_id, DeliveryState.SENT, commit=False, sent_at=utcnow(), last_error=None
+        session,
+        delivery_id,
+        DeliveryState.SENT,
+        commit=session.get_bind().dialect.name != "postgresql",
+        sent_at=utcnow(),
+        last_error=None,
     )
     return DeliveryState.SENT
 
@@ -501,6 +509,7 @@ def send_batch(
                 for recipient in recipients:
                     for bucket in (limit, domain_limits.get(recipient.domain)):
                         if bucket is not None:
+                            session.commit()  # a waiting outcome is not held through a wait
                             bucket.wait()
                     if time.monotonic() > deadline:
                         log.info("batch out of time: %d deliveries back to the queue", len(untried))
