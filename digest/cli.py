@@ -30,7 +30,6 @@ from digest.edition_control import (
     EditionStatus,
     cancel,
     edition_status,
-    hold_for_review,
     pause,
     resume,
     send,
@@ -545,16 +544,16 @@ def editions_pause(edition_id: int) -> None:
 def editions_prepare(slug: str, issue_date: datetime | None, hold: bool) -> None:
     """Freeze a newsletter's edition now: stories, order, subject and audience. Without
     --hold it goes out from the next beat tick (each reader at their local send hour, if the
-    newsletter has one). Preparing a day that exists shows that edition."""
+    newsletter has one). Preparing a day that exists shows that edition as it is."""
     with _session(_settings()) as session:
         newsletter = _newsletter(session, slug)
         now = utcnow()
         day = issue_date.date() if issue_date else now.date()
         try:
-            edition = prepare_edition(session, newsletter, day, now)
+            edition = prepare_edition(session, newsletter, day, now, hold=hold)
         except NothingToSend as exc:
             raise click.ClickException(f"{exc}: ingest first (`digest ingest`)") from exc
-        _control(session, hold_for_review if hold else edition_status, edition.id)
+        _control(session, edition_status, edition.id)
 
 
 @editions.command("send")

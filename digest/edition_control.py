@@ -14,13 +14,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from digest.editions import load_edition
+from digest.editions import HELD, load_edition
 from digest.models import FINAL_DELIVERY_STATES, Delivery, DeliveryState, Edition
 from digest.sending import delivery_counts, pause_edition
 
 RATE_WINDOW = timedelta(minutes=1)
-# The pause reason of an edition prepared for review: ``send`` releases it.
-HELD = "held for review until sent"
 
 
 class EditionStateError(ValueError):
@@ -116,14 +114,6 @@ def pause(session: Session, edition_id: int, now: datetime) -> EditionStatus:
     """No further batch is claimed until resume; pausing a paused edition changes nothing."""
     _open_edition(session, edition_id, "paused")
     pause_edition(session, edition_id, now, "paused by an editor")
-    session.expire_all()
-    return edition_status(session, edition_id, now)
-
-
-def hold_for_review(session: Session, edition_id: int, now: datetime) -> EditionStatus:
-    """Keep a freshly prepared edition from going out until ``send`` (an editor's review)."""
-    _open_edition(session, edition_id, "held")
-    pause_edition(session, edition_id, now, HELD)
     session.expire_all()
     return edition_status(session, edition_id, now)
 

@@ -67,13 +67,18 @@ def _find(session: Session, newsletter_id: int, issue_date: date) -> Edition | N
     ).first()
 
 
+# The pause reason of an edition prepared for review: ``digest editions send`` releases it.
+HELD = "held for review until sent"
+
+
 def prepare_edition(
-    session: Session, newsletter: Newsletter, issue_date: date, now: datetime
+    session: Session, newsletter: Newsletter, issue_date: date, now: datetime, *, hold: bool = False
 ) -> Edition:
-    """Freeze the newsletter's edition for ``issue_date`` with stories published up to ``now``.
+    """Freeze the newsletter's edition for ``issue_date`` with stories published up to ``now``;
+    with ``hold``, it is paused as HELD in the same transaction, so no tick can send it first.
 
     Idempotent: if the edition exists (prepared earlier, or concurrently by another tick), that
-    edition is returned and nothing is written.
+    edition is returned as it is and nothing is written.
     """
     existing = _find(session, newsletter.id, issue_date)
     if existing is not None:
@@ -90,6 +95,8 @@ def prepare_edition(
         subject=subject[:500],
         preheader=" · ".join(s.title for s in stories[1:4])[:500],
         content={},
+        paused_at=now if hold else None,
+        pause_reason=HELD if hold else None,
     )
     # A concurrent tick may insert the same (newsletter, day) first: on PostgreSQL this flush
     # then waits for its commit and fails on the unique index. The savepoint keeps the session

@@ -41,9 +41,18 @@ class RenderedMessage:
     text: str
 
 
-# Where a reader's own URL goes in a layout: NUL never occurs in rendered text, and
-# autoescaping leaves it alone.
+# Where a reader's own URL goes in a layout: NUL-delimited, since autoescaping leaves NUL
+# alone and no text of ours may contain it (``_text`` takes it out of everything that comes
+# from feeds and editors, so content can neither forge a slot nor break the split).
 _SLOT = re.compile("\x00([a-z0-9_]+)\x00")
+
+
+def _text(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {key: _text(item) for key, item in value.items()}
+    return value
 
 
 def _slot(name: str) -> str:
@@ -102,18 +111,18 @@ def render_layout(
     blocks = []
     for block in content["blocks"]:
         items = [
-            {**item, "href": _slot(link_slot(item["link_id"]))}
+            {**_text(item), "href": _slot(link_slot(item["link_id"]))}
             for item in block["items"]
             if chosen is None
             or block.get("key") == MUST_READS
             or item.get("section", "").casefold() in chosen
         ]
         if items:
-            blocks.append({"title": block["title"], "items": items})
+            blocks.append({"title": _text(block["title"]), "items": items})
     context = {
-        "newsletter_name": newsletter_name,
-        "subject": subject,
-        "preheader": preheader,
+        "newsletter_name": _text(newsletter_name),
+        "subject": _text(subject),
+        "preheader": _text(preheader),
         "blocks": blocks,
         "open_pixel_url": _slot("pixel") if tracked else None,
         "unsubscribe_url": _slot("unsubscribe"),

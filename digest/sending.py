@@ -492,6 +492,7 @@ def send_batch(
         if not untried:
             return outcomes
         in_flight: int | None = None
+        last_sent: int | None = None
         not_sent: list[int] = []
         try:
             edition = session.get_one(Edition, edition_id)
@@ -526,6 +527,10 @@ def send_batch(
                     in_flight = None
                     if outcome is not None:
                         outcomes[outcome] += 1
+                    if outcome == DeliveryState.SENT:
+                        last_sent = recipient.delivery_id
+                # Before the QUIT: a reader's unsubscribe must not wait on this row's lock.
+                session.commit()
         finally:
             # Whatever stopped the batch early, rows it did not try go back to the queue at
             # once (a fresh transaction: the one in use may be the thing that broke), and so
@@ -533,11 +538,19 @@ def send_batch(
             # off by anything else (a time limit, the worker's shutdown) goes back only if it
             # never reached DATA: once ``sending``, it stays for its lease and then becomes
             # ``unknown``, because it may have gone out.
-            try:
-                session.commit()  # the last success, if it is still waiting for a commit
-            except SQLAlchemyError:
-                log.exception("could not record the last outcome; its lease settles it")
             session.rollback()
+            if last_sent is not None:
+                # Its success may have been waiting for a commit that never came: recorded
+                # again in a fresh transaction (a no-op if it was committed: it is no longer
+                # queued or sending).
+                try:
+                    _settle(
+                        session, last_sent, DeliveryState.SENT, sent_at=utcnow(), last_error=None
+                    )
+                except SQLAlchemyError:
+                    log.exception(
+                        "could not record delivery %s as sent; its lease settles it", last_sent
+                    )
             if in_flight is not None:
                 untried.append(in_flight)
             try:
@@ -633,14 +646,18 @@ def editions_to_dispatch(
 ) -> dict[int, Dispatch]:
     """Editions whose claimable deliveries no worker is working on, and what to enqueue.
 
-    Never dispatched: one task per batch. Dispatched but untouched for ``stall`` (the messages were
-    lost, or sit behind a long backlog, or a later local-time bucket came due): a few
-    self-continuing tasks, so that a false alarm adds little and the work is still done. The
-    caller enqueues after this commit.
+    Never dispatched, or a local-time bucket came due since the last dispatch: one task per
+    batch. Dispatched but untouched for ``stall`` (the messages were lost, or sit behind a long
+    backlog): a few self-continuing tasks, so that a false alarm adds little and the work is
+    still done. The caller enqueues after this commit.
     """
     recent = now - stall
     claimable = (
-        select(Delivery.edition_id, func.count().label("n"))
+        select(
+            Delivery.edition_id,
+            func.count().label("n"),
+            func.max(Delivery.not_before).label("due_at"),
+        )
         .where(_claimable(now))
         .group_by(Delivery.edition_id)
         .subquery()
@@ -651,19 +668,20 @@ def editions_to_dispatch(
         .scalar_subquery()
     )
     rows = session.execute(
-        select(Edition.id, Edition.dispatched_at, claimable.c.n)
+        select(Edition.id, Edition.dispatched_at, claimable.c.n, claimable.c.due_at)
         .join(claimable, claimable.c.edition_id == Edition.id)
         .where(
             or_(
                 Edition.dispatched_at.is_(None),
+                claimable.c.due_at > Edition.dispatched_at,
                 (Edition.dispatched_at < recent) & or_(last_claim.is_(None), last_claim < recent),
             )
         )
     ).all()
     due = {}
-    for edition_id, dispatched_at, n in rows:
+    for edition_id, dispatched_at, n, due_at in rows:
         batches = math.ceil(n / batch_size)
-        if dispatched_at is None:
+        if dispatched_at is None or (due_at is not None and due_at > dispatched_at):
             due[edition_id] = Dispatch(batches, continuing=False)
         else:
             due[edition_id] = Dispatch(min(batches, RECOVERY_TASKS), continuing=True)

@@ -23,7 +23,6 @@ from digest.edition_control import (
     EditionStatus,
     cancel,
     edition_status,
-    hold_for_review,
     pause,
     resume,
     send,
@@ -164,10 +163,10 @@ def post_newsletter_edition(
         raise HTTPException(404, f"there is no newsletter {slug!r}")
     now = utcnow()
     try:
-        edition = prepare_edition(session, newsletter, issue_date or now.date(), now)
+        edition = prepare_edition(session, newsletter, issue_date or now.date(), now, hold=hold)
     except NothingToSend as exc:
         raise HTTPException(409, str(exc)) from exc
-    return _control(hold_for_review if hold else edition_status, session, edition.id)
+    return _control(edition_status, session, edition.id)
 
 
 @router.post("/editions/{edition_id}/cancel", responses=_CONTROL_RESPONSES)

@@ -11,7 +11,8 @@ import threading
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select, text, update
+from sqlalchemy.exc import DBAPIError
 
 from digest import sending
 from digest.config import Settings, load_settings
@@ -310,3 +311,29 @@ def test_every_relay_down_charges_nobody_and_names_them_all(env) -> None:
         sending.send_batch(session_factory(settings.database_url), settings, edition_id)
     assert all(relay in str(raised.value) for relay in relays)
     assert set(_states(settings, edition_id).values()) == {DeliveryState.QUEUED}
+
+
+def test_a_success_waiting_for_its_commit_survives_a_failed_statement(
+    env, postgres_url, smtp_sink, monkeypatch
+) -> None:
+    # On PostgreSQL a success is committed with the next message's start. Here that start
+    # fails inside the database (the transaction is aborted): the first message, which the
+    # relay accepted, is still recorded as sent, and the second goes back to the queue.
+    env.update(DIGEST_DATABASE_URL=postgres_url, DIGEST_SMTP_URL=smtp_sink.url)
+    settings = load_settings(env)
+    _, edition_id = _prepare(settings, 2)
+    real_begin = sending._begin
+    calls = []
+
+    def failing_second_begin(session, delivery_id):
+        calls.append(delivery_id)
+        if len(calls) == 2:
+            session.execute(text("SELECT 1 / 0"))  # aborts the transaction
+        return real_begin(session, delivery_id)
+
+    monkeypatch.setattr(sending, "_begin", failing_second_begin)
+    with pytest.raises(DBAPIError):
+        sending.send_batch(session_factory(settings.database_url), settings, edition_id)
+    states = _states(settings, edition_id)
+    assert sorted(states.values()) == [DeliveryState.QUEUED, DeliveryState.SENT], states
+    assert len(smtp_sink.messages) == 1

@@ -21,7 +21,7 @@ from digest.models import (
     Subscription,
     utcnow,
 )
-from digest.sending import claim_batch, editions_to_dispatch
+from digest.sending import Dispatch, claim_batch, editions_to_dispatch
 from tests.support import seed_sample_site
 
 JUNE_1_0500_UTC = datetime(2026, 6, 1, 5, 0, tzinfo=UTC)
@@ -78,6 +78,9 @@ def test_buckets_are_frozen_with_the_edition_and_claims_wait_for_them(
         at_later = next_local_hour(now, "UTC", later)
         assert moments == {1: at_later, 2: now, 3: now, 4: at_later}
 
+        # What may go now is dispatched at once; nothing more until the next bucket.
+        assert editions_to_dispatch(session, now, 100)[edition.id].tasks == 1
+        assert editions_to_dispatch(session, now + timedelta(seconds=1), 100) == {}
         status = edition_status(session, edition.id, now)
         assert (status.waiting, status.next_local_send_at) == (2, at_later)
         claimed = claim_batch(session, edition.id, 10, now)
@@ -89,8 +92,11 @@ def test_buckets_are_frozen_with_the_edition_and_claims_wait_for_them(
             update(Delivery).where(Delivery.id.in_(claimed)).values(state=DeliveryState.SENT)
         )
         session.commit()
-        # When the hour comes, the beat dispatches the rest and a claim takes it.
-        assert edition.id in editions_to_dispatch(session, at_later, 100)
+        # When the hour comes, the beat dispatches the bucket afresh (one task per batch, as
+        # for a new edition, not the few tasks of a stall) and a claim takes it.
+        bucket = editions_to_dispatch(session, at_later, 100)[edition.id]
+        assert bucket == Dispatch(tasks=1, continuing=False)
+        assert editions_to_dispatch(session, at_later + timedelta(seconds=1), 100) == {}
         rest = claim_batch(session, edition.id, 10, at_later)
         assert sorted(
             session.scalars(select(Delivery.subscriber_id).where(Delivery.id.in_(rest)))

@@ -250,3 +250,30 @@ def test_a_filled_layout_is_what_rendering_each_message_would_give(pixel, sectio
     assert filled.html == env.get_template("email/digest.html").render(context)
     assert filled.text == env.get_template("email/digest.txt").render(context)
     assert "utm_source=newsletter&amp;utm_medium=email" in filled.html
+
+
+@pytest.mark.parametrize("forged", ["\x00unsubscribe\x00", "\x00oops\x00", "\x00pixel\x00", "\x00"])
+def test_feed_text_can_neither_forge_a_slot_nor_break_the_layout(forged):
+    content = {
+        "blocks": [
+            {
+                "key": "latest",
+                "title": f"Latest {forged}",
+                "items": [_item(3, f"Title {forged}", "ASIA", f"Summary {forged}")],
+            }
+        ]
+    }
+    rendered = render_edition(
+        "Example News Daily",
+        f"Subject {forged}",
+        f"Pre {forged}",
+        content,
+        href,
+        None,
+        unsubscribe_url="https://news.example.com/u/UNSUB",
+        preferences_url="https://news.example.com/p/PREFS",
+    )
+    for part in (rendered.html, rendered.text):
+        assert "\x00" not in part
+        assert part.count("https://news.example.com/u/UNSUB") == 1  # the footer's only
+        assert "/o/" not in part
