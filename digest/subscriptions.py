@@ -225,32 +225,28 @@ def request_subscription(
         if subscription is not None and subscription.active:
             session.rollback()  # releases the sign-up lock
             return SignUp(subscriber.id, None, "already subscribed")
-    hashed = address_hash(address)
-    recent_for_address = session.scalar(
-        select(func.count())
-        .select_from(ConsentEvent)
-        .where(
-            ConsentEvent.address_hash == hashed,
-            ConsentEvent.action == "requested",
-            ConsentEvent.created_at > now - timedelta(days=1),
-        )
-    )
-    if recent_for_address >= CONFIRMATIONS_PER_ADDRESS_PER_DAY:
-        session.rollback()  # releases the sign-up lock
-        return SignUp(None, None, "too many requests for this address")
+    limits = [
+        (ConsentEvent.address_hash == address_hash(address), timedelta(days=1),
+         CONFIRMATIONS_PER_ADDRESS_PER_DAY, "too many requests for this address"),
+    ]  # fmt: skip
     if ip_prefix is not None:
-        recent_for_network = session.scalar(
+        limits.append(
+            (ConsentEvent.ip_prefix == ip_prefix, timedelta(hours=1),
+             CONFIRMATIONS_PER_NETWORK_PER_HOUR, "too many requests from this network")
+        )  # fmt: skip
+    for requester, window, allowed, refusal in limits:
+        requested = session.scalar(
             select(func.count())
             .select_from(ConsentEvent)
             .where(
-                ConsentEvent.ip_prefix == ip_prefix,
+                requester,
                 ConsentEvent.action == "requested",
-                ConsentEvent.created_at > now - timedelta(hours=1),
+                ConsentEvent.created_at > now - window,
             )
         )
-        if recent_for_network >= CONFIRMATIONS_PER_NETWORK_PER_HOUR:
+        if requested >= allowed:
             session.rollback()  # releases the sign-up lock
-            return SignUp(None, None, "too many requests from this network")
+            return SignUp(None, None, refusal)
     if subscriber is None:
         subscriber = Subscriber(email=address, name=name[:200], status=SubscriberStatus.PENDING)
         try:
