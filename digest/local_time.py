@@ -34,11 +34,11 @@ def next_local_hour(now: datetime, timezone: str, hour: int) -> datetime:
 
 def schedule_local_sends(
     session: Session, edition_id: int, newsletter: Newsletter, now: datetime
-) -> int:
+) -> None:
     """Give the edition's deliveries their moment, one UPDATE per (time zone, send hour)
     bucket: the reader's own send hour, else the newsletter's local one; readers with neither
     are sent at once. Runs in the transaction that writes the deliveries, so an edition is
-    never seen half scheduled. Returns how many buckets were scheduled."""
+    never seen half scheduled."""
     audience = (
         select(Subscriber.timezone, Subscription.send_hour)
         .join(Delivery, Delivery.subscriber_id == Subscriber.id)
@@ -52,7 +52,6 @@ def schedule_local_sends(
         .where(Delivery.edition_id == edition_id)
         .distinct()
     )
-    scheduled = 0
     for timezone, own_hour in session.execute(audience).all():
         hour = own_hour if own_hour is not None else newsletter.local_send_hour
         if hour is None:
@@ -79,5 +78,3 @@ def schedule_local_sends(
             .values(not_before=next_local_hour(now, timezone, hour))
             .execution_options(synchronize_session=False)
         )
-        scheduled += 1
-    return scheduled

@@ -16,9 +16,10 @@ import pytest
 import uvicorn
 from aiosmtpd.controller import Controller
 from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session, sessionmaker
 
 from digest.config import Settings, load_settings
-from digest.db import migrate
+from digest.db import migrate, session_factory
 from tests.support import (
     LocalSite,
     Service,
@@ -82,6 +83,17 @@ def postgres_url() -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_sessions(request: pytest.FixtureRequest, env: dict[str, str]) -> sessionmaker[Session]:
+    """Sessions on a fresh migrated database: SQLite, then PostgreSQL (skipped where it is not
+    running, required in CI)."""
+    url = load_settings(env).database_url
+    if request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+    migrate(url)
+    return session_factory(url)
 
 
 @pytest.fixture

@@ -194,15 +194,8 @@ def test_one_click_answers_200_for_a_signed_token_it_does_not_know(site) -> None
     assert response.status_code == 200
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_the_consent_log_is_append_only(env, backend, request) -> None:
-    url = (
-        request.getfixturevalue("postgres_url")
-        if backend == "postgresql"
-        else load_settings(env).database_url
-    )
-    migrate(url)
-    sessions = session_factory(url)
+def test_the_consent_log_is_append_only(any_sessions) -> None:
+    sessions = any_sessions
     with sessions() as session:
         newsletter = Newsletter(slug="daily", name="Daily")
         session.add(newsletter)
@@ -218,15 +211,8 @@ def test_the_consent_log_is_append_only(env, backend, request) -> None:
         assert session.scalars(select(ConsentEvent.action)).all() == ["suppressed"]
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_concurrent_sign_ups_keep_to_the_limit(env, backend, request) -> None:
-    url = (
-        request.getfixturevalue("postgres_url")
-        if backend == "postgresql"
-        else load_settings(env).database_url
-    )
-    migrate(url)
-    sessions = session_factory(url)
+def test_concurrent_sign_ups_keep_to_the_limit(any_sessions) -> None:
+    sessions = any_sessions
     with sessions() as session:
         session.add(Newsletter(slug="daily", name="Daily"))
         session.commit()

@@ -77,16 +77,6 @@ def sessions(sqlite_settings: Settings) -> sessionmaker[Session]:
     return session_factory(sqlite_settings.database_url)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def any_sessions(request: pytest.FixtureRequest, env: dict[str, str]) -> sessionmaker[Session]:
-    """SQLite, and PostgreSQL (skipped where it is not running, required in CI)."""
-    url = load_settings(env).database_url
-    if request.param == "postgresql":
-        url = request.getfixturevalue("postgres_url")
-    migrate(url)
-    return session_factory(url)
-
-
 MIXED = (
     "Email,Name,Timezone,Sections,Frequency\n"
     "Ann@Example.ORG,Ann Archer,Europe/Berlin,politics;Sport,weekly\n"  # 2
