@@ -1,0 +1,1 @@
+"""Social sharing: platform clients, the platforms' text rules, and the posting queue."""
