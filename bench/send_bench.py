@@ -40,6 +40,7 @@ from digest.fetch import Fetcher  # noqa: E402
 from digest.ingest import ingest_source  # noqa: E402
 from digest.models import FINAL_DELIVERY_STATES, Delivery, DeliveryState, utcnow  # noqa: E402
 from digest.sample_site import demo_newsletter, register_sample_sources  # noqa: E402
+from digest.selection import Reader  # noqa: E402
 from digest.sending import EditionMailer, Recipient  # noqa: E402
 
 
@@ -155,8 +156,13 @@ def run(args: argparse.Namespace, url: str, workdir: Path) -> None:
         now = utcnow()
         edition = prepare_edition(session, newsletter, now.date(), now)
         first = session.scalars(select(Delivery).order_by(Delivery.id).limit(1)).one()
-        message = EditionMailer(session, settings, edition).message(
-            Recipient(first.id, first.subscriber_id, "reader001@example.org", True, None), now
+        message = (
+            EditionMailer(session, settings, edition)
+            .message(
+                Recipient(first.id, first.subscriber_id, "reader001@example.org", True, Reader()),
+                now,
+            )
+            .data
         )
         edition_id = edition.id
 

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import logging
 from datetime import date, datetime
-from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from sqlalchemy import insert, literal, or_, select
+from sqlalchemy import func, insert, literal, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from digest.editor_templates import (
+    EditorTemplateError,
+    render_editor_template,
+    template_context,
+)
 from digest.local_time import schedule_local_sends
 from digest.models import (
     Delivery,
@@ -28,13 +32,13 @@ from digest.models import (
     SubscriberStatus,
     Subscription,
 )
-from digest.selection import select_blocks
+from digest.selection import Limits, Reader, personalise, select_pool
 
 log = logging.getLogger(__name__)
 
 
 class NothingToSend(Exception):
-    """No story qualifies for the edition; nothing was written."""
+    """Too few stories qualify for the edition (a thin day); nothing was written."""
 
 
 class EditionNotFound(LookupError):
@@ -83,18 +87,55 @@ def prepare_edition(
     existing = _find(session, newsletter.id, issue_date)
     if existing is not None:
         return existing
-    blocks = select_blocks(session, newsletter, now)
-    if not blocks:
-        raise NothingToSend(f"no stories for {newsletter.slug} on {issue_date:%Y-%m-%d}")
-
-    stories = [story for block in blocks for story in block.stories]
-    subject = f"{newsletter.name}: {stories[0].title}"
+    pool = select_pool(session, newsletter, now)
+    # What a daily reader who received the previous edition gets: a thin day for them is
+    # not worth an edition (each other reader is judged again when their message is made).
+    previous = session.scalar(
+        select(func.max(Edition.prepared_at)).where(
+            Edition.newsletter_id == newsletter.id, Edition.prepared_at < now
+        )
+    )
+    blocks = [
+        {
+            "key": block.key,
+            "title": block.title,
+            "items": [
+                {
+                    "story_id": story.id,
+                    "title": story.title,
+                    "section": story.section,
+                    "summary": story.summary,
+                    "published_at": story.published_at.isoformat(),
+                }
+                for story in block.stories
+            ],
+        }
+        for block in pool
+    ]
+    regular = personalise(blocks, Reader(since=previous), Limits.of(newsletter))
+    shown = [item for block in regular for group in block["groups"] for item in group["items"]]
+    if len(shown) < max(newsletter.min_items, 1):
+        raise NothingToSend(
+            f"a thin day for {newsletter.slug} on {issue_date:%Y-%m-%d}: {len(shown)} new "
+            f"stories, the newsletter needs at least {newsletter.min_items}"
+        )
+    context = template_context(newsletter.name, issue_date, newsletter.locale, shown)
+    subject = f"{newsletter.name}: {shown[0]['title']}"
+    if newsletter.subject_template.strip():
+        subject = " ".join(
+            render_editor_template("subject", newsletter.subject_template, context).split()
+        )
+    intro = ""
+    if newsletter.intro_template.strip():
+        intro = render_editor_template("intro", newsletter.intro_template, context)
     edition = Edition(
         newsletter_id=newsletter.id,
         issue_date=issue_date,
         subject=subject[:500],
-        preheader=" · ".join(s.title for s in stories[1:4])[:500],
+        preheader=" · ".join(item["title"] for item in shown[1:4])[:500],
+        intro=intro,
         content={},
+        prepared_at=now,
         paused_at=now if hold else None,
         pause_reason=HELD if hold else None,
     )
@@ -113,6 +154,7 @@ def prepare_edition(
         return raced
 
     campaign = f"{newsletter.slug}-{issue_date:%Y-%m-%d}"
+    stories = [story for block in pool for story in block.stories]
     links = {
         story.id: Link(
             edition_id=edition.id,
@@ -123,26 +165,10 @@ def prepare_edition(
     }
     session.add_all(links.values())
     session.flush()
-    content: dict[str, Any] = {
-        "blocks": [
-            {
-                "key": block.key,
-                "title": block.title,
-                "items": [
-                    {
-                        "story_id": story.id,
-                        "link_id": links[story.id].id,
-                        "title": story.title,
-                        "section": story.section,
-                        "summary": story.summary,
-                    }
-                    for story in block.stories
-                ],
-            }
-            for block in blocks
-        ]
-    }
-    edition.content = content
+    for block in blocks:
+        for item in block["items"]:
+            item["link_id"] = links[item["story_id"]].id
+    edition.content = {"blocks": blocks}
 
     # The audience, frozen in one statement: every active subscriber of the newsletter who
     # takes this day's edition (daily, or weekly on the newsletter's weekday), is not on a
@@ -196,4 +222,8 @@ def prepare_due_editions(session: Session, now: datetime) -> list[Edition]:
             prepared.append(prepare_edition(session, newsletter, now.date(), now))
         except NothingToSend as exc:
             log.info("skipped: %s", exc)
+        except EditorTemplateError as exc:
+            # Tried with sample stories when saved, but a real day can differ (fewer
+            # stories than the template indexes); the other newsletters go on.
+            log.error("edition of %s not prepared: %s", newsletter.slug, exc)
     return prepared

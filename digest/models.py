@@ -266,6 +266,16 @@ class Newsletter(Base):
     must_read_limit: Mapped[int] = mapped_column(default=5)
     latest_limit: Mapped[int] = mapped_column(default=10)
     popular_limit: Mapped[int] = mapped_column(default=5, server_default="5")
+    # At most this many of the Latest Stories from one section.
+    section_quota: Mapped[int] = mapped_column(default=4, server_default="4")
+    # A reader with fewer new stories than this gets no edition that day (a thin day).
+    min_items: Mapped[int] = mapped_column(default=1, server_default="1")
+    # Dates, numbers and the templates' words in this locale (Babel; templates/locale).
+    locale: Mapped[str] = mapped_column(String(35), default="en", server_default="en")
+    # Editor-written Jinja, run sandboxed when an edition is prepared (digest.editor_templates);
+    # empty: the built-in subject and no intro.
+    subject_template: Mapped[str] = mapped_column(Text, default="", server_default="")
+    intro_template: Mapped[str] = mapped_column(Text, default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -360,7 +370,10 @@ class Edition(Base):
     issue_date: Mapped[date] = mapped_column(Date)
     subject: Mapped[str] = mapped_column(String(500))
     preheader: Mapped[str] = mapped_column(String(500), default="")
+    # The editor's intro as rendered when the edition was prepared (plain text).
+    intro: Mapped[str] = mapped_column(Text, default="", server_default="")
     # The frozen snapshot: {"blocks": [{"key", "title", "items": [{story, link_id, ...}]}]}.
+    # Each reader gets the stories of it they have not received (digest.selection.personalise).
     content: Mapped[dict[str, Any]] = mapped_column(JSON)
     prepared_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Last time send tasks were put on the broker; the reconciler re-dispatches stalled editions.
@@ -379,6 +392,8 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("edition_id", "subscriber_id"),
         Index("ix_deliveries_edition_state", "edition_id", "state"),
+        # The sent-stories ledger is read per subscriber (digest.ledger).
+        Index("ix_deliveries_subscriber_id", "subscriber_id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -397,8 +412,38 @@ class Delivery(Base):
     sent_at: Mapped[datetime | None] = mapped_column(index=True)
     # Set when the reader unsubscribed through this message's link or header.
     unsubscribed_at: Mapped[datetime | None]
+    # The stories this message carried, recorded as it enters the SMTP window (digest.ledger).
+    segment_id: Mapped[int | None] = mapped_column(
+        ForeignKey("edition_segments.id", ondelete="SET NULL")
+    )
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EditionSegment(Base):
+    """One set of an edition's stories that some readers received. Deliveries point at the
+    segment they carried, so "which stories has this reader received?" is a join
+    (digest.ledger): one row per kind of reader, not one per message."""
+
+    __tablename__ = "edition_segments"
+    __table_args__ = (UniqueConstraint("edition_id", "story_ids"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    edition_id: Mapped[int] = mapped_column(ForeignKey("editions.id", ondelete="CASCADE"))
+    # The story ids, comma-separated in the order shown: the unique key of the segment.
+    story_ids: Mapped[str] = mapped_column(String(2000))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SegmentStory(Base):
+    __tablename__ = "segment_stories"
+
+    segment_id: Mapped[int] = mapped_column(
+        ForeignKey("edition_segments.id", ondelete="CASCADE"), primary_key=True
+    )
+    story_id: Mapped[int] = mapped_column(
+        ForeignKey("stories.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
 
 
 class Link(Base):

@@ -1,20 +1,28 @@
-"""Which stories go into a newsletter's edition: must-reads first, then the latest, then
-what is popular now."""
+"""Which stories go into a newsletter's edition: must-reads first, then the latest by section,
+then what is popular now; and which of them each reader gets."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session
 
 from digest.models import Click, ClickKind, Link, Listing, Newsletter, SourceRole, Story
 
-LATEST_WINDOW = timedelta(hours=24)
+# The pool reaches back a week, so that weekly readers and readers back from a pause get what
+# they missed; daily readers get only what is new since their last edition (``personalise``).
+POOL_WINDOW = timedelta(days=7)
 POPULAR_WINDOW = timedelta(hours=24)
-# The block every reader gets, whatever sections they chose (digest.render).
+# Each block's pool holds this many times what one reader gets.
+POOL_DEPTH = 3
+# The block every reader gets, whatever sections they chose.
 MUST_READS = "must_reads"
+LATEST = "latest"
+POPULAR = "popular"
 
 
 @dataclass(frozen=True)
@@ -86,25 +94,157 @@ def popular(session: Session, now: datetime, limit: int, exclude: list[int]) -> 
     )
 
 
-def select_blocks(session: Session, newsletter: Newsletter, now: datetime) -> list[Block]:
-    """The blocks of an edition cut off at ``now``; empty blocks are left out."""
-    picks = must_reads(session, now, newsletter.must_read_limit)
-    latest = list(
+def latest(
+    session: Session, now: datetime, per_section: int, limit: int, exclude: list[int]
+) -> list[Story]:
+    """The newest stories of the pool's window, at most ``per_section`` from any one section."""
+    ranked = (
+        select(
+            Story.id,
+            func.row_number()
+            .over(
+                partition_by=Story.section,
+                order_by=(Story.published_at.desc(), Story.id.desc()),
+            )
+            .label("n"),
+        )
+        .where(
+            Story.published_at > now - POOL_WINDOW,
+            Story.published_at <= now,
+            Story.id.not_in(exclude),
+        )
+        .subquery()
+    )
+    return list(
         session.scalars(
             select(Story)
-            .where(
-                Story.published_at > now - LATEST_WINDOW,
-                Story.published_at <= now,
-                Story.id.not_in([s.id for s in picks]),
-            )
+            .join(ranked, ranked.c.id == Story.id)
+            .where(ranked.c.n <= per_section)
             .order_by(Story.published_at.desc(), Story.id.desc())
-            .limit(newsletter.latest_limit)
+            .limit(limit)
         )
     )
-    shown = [s.id for s in picks + latest]
+
+
+def select_pool(session: Session, newsletter: Newsletter, now: datetime) -> list[Block]:
+    """The stories an edition cut off at ``now`` may show, in order, block by block: more than
+    any one reader gets (``POOL_DEPTH`` times each block's limit), so a reader who already
+    received some of them still gets a full edition (``personalise``). Empty blocks are
+    left out."""
+    picks = must_reads(session, now, newsletter.must_read_limit * POOL_DEPTH)
+    newest = latest(
+        session,
+        now,
+        newsletter.section_quota * POOL_DEPTH,
+        newsletter.latest_limit * POOL_DEPTH,
+        [s.id for s in picks],
+    )
+    # Popular Now may repeat stories of the latest pool: each reader gets a story once, in the
+    # first block that has it (``personalise``), and popular ones they get among the latest
+    # leave room for others here.
     blocks = [
         Block(MUST_READS, "Must-Reads", picks),
-        Block("latest", "Latest Stories", latest),
-        Block("popular", "Popular Now", popular(session, now, newsletter.popular_limit, shown)),
+        Block(LATEST, "Latest Stories", newest),
+        Block(
+            POPULAR,
+            "Popular Now",
+            popular(session, now, newsletter.popular_limit * POOL_DEPTH, [s.id for s in picks]),
+        ),
     ]
     return [b for b in blocks if b.stories]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How many stories of each block one reader gets (the newsletter's settings)."""
+
+    must_reads: int
+    latest: int
+    section_quota: int
+    popular: int
+
+    @classmethod
+    def of(cls, newsletter: Newsletter) -> Limits:
+        return cls(
+            newsletter.must_read_limit,
+            newsletter.latest_limit,
+            newsletter.section_quota,
+            newsletter.popular_limit,
+        )
+
+
+@dataclass(frozen=True)
+class Reader:
+    """What personalises an edition: the sections chosen (None: all), the stories already
+    received in any digest, and when this newsletter last reached them (None: never)."""
+
+    sections: frozenset[str] | None = None
+    received: frozenset[int] = frozenset()
+    since: datetime | None = None
+
+
+def personalise(
+    blocks: list[dict[str, Any]], reader: Reader, limits: Limits
+) -> list[dict[str, Any]]:
+    """One reader's edition from the frozen pool: never a story they already received; of the
+    latest, only those published since this newsletter last reached them, from the sections
+    they chose, at most ``section_quota`` per section, grouped by section; Must-Reads go to
+    everyone. Blocks keep their frozen order; an empty block is left out. Each returned
+    block has ``groups``: ``[{"heading": section or "", "items": [...]}]``."""
+    seen = set(reader.received)
+    chosen = reader.sections
+
+    def fresh(item: dict[str, Any]) -> bool:
+        return item["story_id"] not in seen
+
+    def in_sections(item: dict[str, Any]) -> bool:
+        return chosen is None or item.get("section", "").casefold() in chosen
+
+    result = []
+    for block in blocks:
+        key = block.get("key")
+        items: list[dict[str, Any]] = []
+        if key == MUST_READS:
+            items = [i for i in block["items"] if fresh(i)][: limits.must_reads]
+        elif key == LATEST:
+            per_section: Counter[str] = Counter()
+            for item in block["items"]:
+                if len(items) == limits.latest:
+                    break
+                section = item.get("section", "").casefold()
+                if (
+                    fresh(item)
+                    and in_sections(item)
+                    and (reader.since is None or _published(item) > reader.since)
+                    and per_section[section] < limits.section_quota
+                ):
+                    per_section[section] += 1
+                    items.append(item)
+        else:
+            items = [i for i in block["items"] if fresh(i) and in_sections(i)][: limits.popular]
+        seen.update(i["story_id"] for i in items)
+        if items:
+            result.append({"key": key, "title": block["title"], "groups": _grouped(key, items)})
+    return result
+
+
+def _published(item: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(item["published_at"])
+
+
+def _grouped(key: str | None, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Latest Stories by section, sections in the order of their newest story; other blocks
+    are one group without a heading."""
+    if key != LATEST:
+        return [{"heading": "", "items": items}]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for item in items:
+        groups.setdefault(item.get("section", ""), []).append(item)
+    return [{"heading": heading, "items": group} for heading, group in groups.items()]
+
+
+def story_ids(blocks: list[dict[str, Any]]) -> tuple[int, ...]:
+    """The stories of personalised blocks, in the order shown."""
+    return tuple(
+        item["story_id"] for block in blocks for group in block["groups"] for item in group["items"]
+    )

@@ -44,6 +44,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from digest.bounce_reports import ReportKind, classify_smtp_reply
 from digest.bounces import record_bounce
 from digest.config import DEFAULT_STALL_SECONDS, MAX_BATCH_SECONDS, Settings
+from digest.ledger import last_received, received_stories, segment
 from digest.logs import log_context
 from digest.mail import (
     PermanentError,
@@ -67,7 +68,8 @@ from digest.models import (
     utcnow,
 )
 from digest.rate_limit import SendRateLimit
-from digest.render import EditionLayout, render_layout
+from digest.render import EditionLayout, Frame, render_layout
+from digest.selection import Limits, Reader, personalise, story_ids
 from digest.tokens import TokenSigner
 from digest.verp import UNSUBSCRIBE, short_mac, tagged_address, verp_address
 
@@ -93,7 +95,7 @@ class Recipient:
     subscriber_id: int
     email: str
     tracking: bool
-    sections: list[str] | None  # the reader's choice; None: every section
+    reader: Reader  # what personalises their edition
 
     @property
     def domain(self) -> str:
@@ -177,14 +179,16 @@ def _set(
     return bool(done.rowcount)
 
 
-def _begin(session: Session, delivery_id: int) -> bool:
-    """Enter the SMTP window; False if the delivery was cancelled since it was claimed."""
+def _begin(session: Session, delivery_id: int, segment_id: int) -> bool:
+    """Enter the SMTP window, recording the stories the message carries in the sent-stories
+    ledger (digest.ledger); False if the delivery was cancelled since it was claimed."""
     return _set(
         session,
         delivery_id,
         (DeliveryState.QUEUED,),
         state=DeliveryState.SENDING,
         lease_until=utcnow() + LEASE,
+        segment_id=segment_id,
     )
 
 
@@ -236,13 +240,26 @@ def message_id(settings: Settings, domain: str, edition_id: int, delivery_id: in
     return f"<{edition_id}.{delivery_id}.{mac}@{domain}>"
 
 
+class ThinEdition(Exception):
+    """Too few stories are new to this reader for a message (the newsletter's min_items)."""
+
+
+@dataclass(frozen=True)
+class Message:
+    data: bytes
+    segment_id: int  # the stories it carries (digest.ledger)
+
+
 class EditionMailer:
     """Everything needed to build one edition's messages, loaded once per batch."""
 
     def __init__(self, session: Session, settings: Settings, edition: Edition) -> None:
+        self.session = session
         self.settings = settings
         self.edition = edition
         self.newsletter = edition.newsletter
+        self.limits = Limits.of(self.newsletter)
+        self.frame = Frame.of(edition)
         self.from_address = self.newsletter.from_address or settings.from_address
         self.sender_address = parseaddr(self.from_address)[1]
         self.domain = self.sender_address.rpartition("@")[2]
@@ -250,7 +267,8 @@ class EditionMailer:
         self.link_urls = dict(
             session.execute(select(Link.id, Link.url).where(Link.edition_id == edition.id)).all()
         )
-        self._layouts: dict[tuple[tuple[str, ...] | None, bool], EditionLayout] = {}
+        self._layouts: dict[tuple[tuple[int, ...], bool], EditionLayout] = {}
+        self._segments: dict[tuple[int, ...], int] = {}
 
     def envelope_from(self, recipient: Recipient) -> str:
         """The SMTP envelope sender (where bounces go): the delivery's VERP address when
@@ -261,33 +279,42 @@ class EditionMailer:
             self.settings.secret_keys, self.settings.bounce_domain, recipient.delivery_id
         )
 
-    def _layout(self, sections: list[str] | None, tracked: bool) -> EditionLayout:
-        """The edition rendered once per batch for each kind of reader in it."""
-        key = (None if sections is None else tuple(sections), tracked)
-        layout = self._layouts.get(key)
-        if layout is None:
-            layout = self._layouts[key] = render_layout(
-                self.newsletter.name,
-                self.edition.subject,
-                self.edition.preheader,
-                self.edition.content,
-                tracked=tracked,
-                sections=sections,
-                template=self.newsletter.template,
+    def _layout(self, reader: Reader, tracked: bool) -> tuple[EditionLayout, int]:
+        """The reader's edition and its segment. Rendered once per batch for each kind of
+        reader in it: readers who get the same stories share a layout."""
+        blocks = personalise(self.edition.content["blocks"], reader, self.limits)
+        stories = story_ids(blocks)
+        if len(stories) < max(self.newsletter.min_items, 1):
+            raise ThinEdition(
+                f"a thin day for this reader: {len(stories)} new stories, "
+                f"the newsletter needs at least {self.newsletter.min_items}"
             )
-        return layout
+        segment_id = self._segments.get(stories)
+        if segment_id is None:
+            segment_id = self._segments[stories] = segment(self.session, self.edition.id, stories)
+        layout = self._layouts.get((stories, tracked))
+        if layout is None:
+            layout = self._layouts[stories, tracked] = render_layout(
+                self.frame, blocks, tracked=tracked
+            )
+        return layout, segment_id
 
-    def message(self, recipient: Recipient, now: datetime) -> bytes:
+    def message(self, recipient: Recipient, now: datetime) -> Message:
         base = self.settings.base_url
         # Off for this reader or for the whole installation: plain links, no pixel.
         tracked = recipient.tracking and self.settings.tracking
         delivery_id = recipient.delivery_id
+        layout, segment_id = self._layout(recipient.reader, tracked)
         token = self.signer.unsubscribe_token(
             recipient.subscriber_id, self.newsletter.id, delivery_id
         )
         unsubscribe = f"{base}/u/{token}"
         preferences = self.signer.preferences_token(recipient.subscriber_id, self.newsletter.id)
-        fixed = {"unsubscribe": unsubscribe, "preferences": f"{base}/p/{preferences}"}
+        fixed = {
+            "unsubscribe": unsubscribe,
+            "preferences": f"{base}/p/{preferences}",
+            "view": f"{base}/v/{self.signer.view_token(delivery_id)}",
+        }
 
         def url(slot: str) -> str:
             if slot in fixed:
@@ -299,7 +326,7 @@ class EditionMailer:
                 return self.link_urls[link_id]
             return f"{base}/c/{self.signer.click_token(link_id, delivery_id)}"
 
-        rendered = self._layout(recipient.sections, tracked).fill(url)
+        rendered = layout.fill(url)
         list_id = f"{self.newsletter.slug}.{self.domain}"
         # The mailto is for clients without one-click support; it is offered only where mail
         # comes back to us (a bounce domain routed to the webhook, or the inbound mailbox),
@@ -340,11 +367,11 @@ class EditionMailer:
             message = dkim_sign(
                 message, self.settings.dkim_selector, self.domain, self.settings.dkim_key
             )
-        return message
+        return Message(message, segment_id)
 
 
 def _hand_over(
-    session: Session, mailer: EditionMailer, sender: Sender, recipient: Recipient, message: bytes
+    session: Session, mailer: EditionMailer, sender: Sender, recipient: Recipient, message: Message
 ) -> DeliveryState | None:
     """Send one message and record its outcome; None if it was cancelled meanwhile.
 
@@ -356,9 +383,9 @@ def _hand_over(
         if not sender.send(
             mailer.envelope_from(recipient),
             recipient.email,
-            message,
+            message.data,
             key,
-            lambda: _begin(session, delivery_id),
+            lambda: _begin(session, delivery_id, message.segment_id),
         ):
             return None
     except UncertainOutcome as exc:
@@ -424,6 +451,9 @@ def _build_and_hand_over(
 ) -> DeliveryState | None:
     try:
         message = mailer.message(recipient, utcnow())
+    except ThinEdition as exc:
+        _settle(session, recipient.delivery_id, DeliveryState.CANCELLED, last_error=str(exc))
+        return DeliveryState.CANCELLED
     except (ValueError, LookupError, TypeError, TemplateError) as exc:
         log.error("delivery %s cannot be built: %r", recipient.delivery_id, exc)
         _settle(
@@ -443,12 +473,12 @@ def _recipients(session: Session, edition: Edition, claimed: list[int]) -> list[
     off ``claimed``."""
     rows = session.execute(
         select(
-            Delivery.id,
-            Subscriber.id,
+            Delivery.id.label("delivery_id"),
+            Subscriber.id.label("subscriber_id"),
             Subscriber.email,
             Subscriber.tracking_enabled,
             Subscription.sections,
-            Subscriber.status == SubscriberStatus.ACTIVE,
+            (Subscriber.status == SubscriberStatus.ACTIVE).label("mailable"),
             Subscription.active,
         )
         .join(Subscriber, Subscriber.id == Delivery.subscriber_id)
@@ -462,12 +492,28 @@ def _recipients(session: Session, edition: Edition, claimed: list[int]) -> list[
         .where(Delivery.id.in_(claimed))
         .order_by(Delivery.id)
     ).all()
-    recipients, gone = [], []
-    for delivery_id, subscriber_id, email, tracking, sections, mailable, active in rows:
-        if mailable and active:
-            recipients.append(Recipient(delivery_id, subscriber_id, email, tracking, sections))
-        else:
-            gone.append(delivery_id)
+    reachable = [row for row in rows if row.mailable and row.active]
+    gone = [row.delivery_id for row in rows if not (row.mailable and row.active)]
+    subscriber_ids = [row.subscriber_id for row in reachable]
+    pool = {item["story_id"] for block in edition.content["blocks"] for item in block["items"]}
+    received = received_stories(session, subscriber_ids, pool)
+    since = last_received(session, edition.newsletter_id, subscriber_ids, edition)
+    recipients = [
+        Recipient(
+            row.delivery_id,
+            row.subscriber_id,
+            row.email,
+            row.tracking_enabled,
+            Reader(
+                sections=None
+                if row.sections is None
+                else frozenset(s.casefold() for s in row.sections),
+                received=frozenset(received.get(row.subscriber_id, ())),
+                since=since.get(row.subscriber_id),
+            ),
+        )
+        for row in reachable
+    ]
     if gone:
         session.execute(
             update(Delivery)

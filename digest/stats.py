@@ -38,9 +38,11 @@ from digest.models import (
     Delivery,
     DeliveryState,
     Edition,
+    EditionSegment,
     Link,
     Open,
     OpenKind,
+    SegmentStory,
     SocialAccount,
     SocialPost,
     Story,
@@ -146,11 +148,23 @@ class _Item:
     section: str
 
 
-def _items(edition: Edition) -> list[_Item]:
-    """The edition's stories in the order they were sent; a story shown twice counts once."""
+def _items(session: Session, edition: Edition) -> list[_Item]:
+    """The edition's stories that reached someone, in the frozen order; a story shown twice
+    counts once. The edition freezes more stories than any reader gets (the pool that
+    personalisation draws from); those that no message carried are left out. Before anything
+    is sent, every story of the pool is listed."""
+    carried = set(
+        session.scalars(
+            select(SegmentStory.story_id)
+            .join(EditionSegment, EditionSegment.id == SegmentStory.segment_id)
+            .where(EditionSegment.edition_id == edition.id)
+        )
+    )
     items: dict[int, _Item] = {}
     for block in edition.content.get("blocks", []):
         for item in block.get("items", []):
+            if carried and item["story_id"] not in carried:
+                continue
             items.setdefault(
                 item["story_id"],
                 _Item(item["story_id"], item["link_id"], item["title"], item.get("section", "")),
@@ -260,9 +274,14 @@ def _links(
     session: Session, edition: Edition, items: list[_Item], clicks: Mapping[int, ClickCounts]
 ) -> list[LinkStats]:
     position = {item.link_id: n for n, item in enumerate(items)}
-    rows = session.execute(
-        select(Link.id, Link.story_id, Link.url).where(Link.edition_id == edition.id)
-    ).all()
+    shown = {item.story_id for item in items}
+    rows = [
+        row
+        for row in session.execute(
+            select(Link.id, Link.story_id, Link.url).where(Link.edition_id == edition.id)
+        )
+        if row.story_id is None or row.story_id in shown
+    ]
     # In the order the edition shows them; links outside the stories (if any) after, by id.
     rows.sort(key=lambda row: (position.get(row.id, len(position)), row.id))
     return [LinkStats(row.id, row.story_id, row.url, clicks.get(row.id, NO_CLICKS)) for row in rows]
@@ -318,13 +337,13 @@ def edition_stats(session: Session, edition_id: int) -> EditionStats:
 
 def link_stats(session: Session, edition_id: int) -> list[LinkStats]:
     edition = load_edition(session, edition_id)
-    return _links(session, edition, _items(edition), _link_clicks(session, edition_id))
+    return _links(session, edition, _items(session, edition), _link_clicks(session, edition_id))
 
 
 def story_stats(session: Session, edition_id: int) -> list[StoryStats]:
     """Per story, in the edition's frozen order."""
     edition = load_edition(session, edition_id)
-    items = _items(edition)
+    items = _items(session, edition)
     clicks = _link_clicks(session, edition_id)
     return _stories(items, _links(session, edition, items, clicks), clicks)
 
@@ -332,13 +351,13 @@ def story_stats(session: Session, edition_id: int) -> list[StoryStats]:
 def section_stats(session: Session, edition_id: int) -> list[SectionStats]:
     """Per section, in order of first appearance in the edition."""
     edition = load_edition(session, edition_id)
-    return _sections(session, edition, _items(edition))
+    return _sections(session, edition, _items(session, edition))
 
 
 def edition_report(session: Session, edition_id: int) -> EditionReport:
     """Everything at once, sharing the per-link query between stories and links."""
     edition = load_edition(session, edition_id)
-    items = _items(edition)
+    items = _items(session, edition)
     clicks = _link_clicks(session, edition_id)
     links = _links(session, edition, items, clicks)
     return EditionReport(

@@ -17,6 +17,7 @@ OPEN = "open-v1"
 UNSUBSCRIBE = "unsubscribe-v1"
 CONFIRM = "confirm-v1"
 PREFERENCES = "preferences-v1"
+VIEW = "view-v1"
 
 # A confirmation link older than this proves nothing about who holds the mailbox now.
 CONFIRM_MAX_AGE_SECONDS = 7 * 24 * 3600
@@ -61,6 +62,8 @@ class TokenSigner:
         self._confirm = URLSafeTimedSerializer(keys, salt=CONFIRM)
         self._preferences = URLSafeSerializer(keys, salt=PREFERENCES)
         self._mint_preferences = _Minter(self._preferences)
+        self._view = URLSafeSerializer(keys, salt=VIEW)
+        self._mint_view = _Minter(self._view)
 
     def click_token(self, link_id: int, delivery_id: int | None) -> str:
         return self._mint_click([link_id, delivery_id])
@@ -75,15 +78,18 @@ class TokenSigner:
             return None
         return link_id, delivery_id
 
+    def view_token(self, delivery_id: int) -> str:
+        """ "View in browser": the reader's own copy of the message."""
+        return self._mint_view(delivery_id)
+
+    def read_view_token(self, token: str) -> int | None:
+        return _read_id(self._view, token)
+
     def open_token(self, delivery_id: int) -> str:
         return self._mint_open(delivery_id)
 
     def read_open_token(self, token: str) -> int | None:
-        try:
-            delivery_id = self._open.loads(token)
-        except BadSignature:
-            return None
-        return delivery_id if _is_id(delivery_id) else None
+        return _read_id(self._open, token)
 
     def unsubscribe_token(
         self, subscriber_id: int, newsletter_id: int, delivery_id: int | None = None
@@ -123,6 +129,14 @@ class TokenSigner:
         except BadSignature:
             return None
         return _id_pair(ids)
+
+
+def _read_id(serializer: URLSafeSerializer, token: str) -> int | None:
+    try:
+        value = serializer.loads(token)
+    except BadSignature:
+        return None
+    return value if _is_id(value) else None
 
 
 def _id_pair(ids: object) -> tuple[int, int] | None:

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from sqlalchemy import func, select
 
 from digest.cli import main
 from digest.config import load_settings
-from digest.models import ClickKind, OpenKind
+from digest.db import session_factory
+from digest.models import ClickKind, OpenKind, SegmentStory
 from digest.stats import CSV_COLUMNS
 from tests.support import sent_with_engagement
 
@@ -42,7 +44,9 @@ def edition(env: dict[str, str]) -> dict[str, object]:
         opens=[OpenKind.HUMAN, OpenKind.PREFETCH],
         clicks=[(0, ClickKind.HUMAN), (0, ClickKind.HUMAN), (2, ClickKind.BOT)],
     )
-    stories = sum(len(block["items"]) for block in edition.content["blocks"])
+    # The stories the readers got: the edition's pool holds more.
+    with session_factory(load_settings(env).database_url)() as session:
+        stories = session.scalar(select(func.count(func.distinct(SegmentStory.story_id))))
     return {"id": edition.id, "first": first, "stories": stories}
 
 

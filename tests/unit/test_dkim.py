@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from digest.config import ConfigError, load_settings
 from digest.db import session_factory
 from digest.models import utcnow
+from digest.selection import Reader
 from digest.sending import EditionMailer, Recipient
 from tests.support import prepare_sample_edition
 
@@ -56,7 +57,9 @@ def _signed_message(env: dict[str, str], key_file: Path) -> bytes:
     edition = prepare_sample_edition(settings, 1)
     with session_factory(settings.database_url)() as session:
         mailer = EditionMailer(session, settings, session.merge(edition))
-        return mailer.message(Recipient(1, 1, "reader001@example.org", True, None), utcnow())
+        return mailer.message(
+            Recipient(1, 1, "reader001@example.org", True, Reader()), utcnow()
+        ).data
 
 
 def test_an_edition_message_is_signed_and_verifies(env, key_file, key) -> None:
@@ -84,7 +87,9 @@ def test_without_dkim_settings_nothing_is_signed(env) -> None:
     edition = prepare_sample_edition(settings, 1)
     with session_factory(settings.database_url)() as session:
         mailer = EditionMailer(session, settings, session.merge(edition))
-        message = mailer.message(Recipient(1, 1, "reader001@example.org", True, None), utcnow())
+        message = mailer.message(
+            Recipient(1, 1, "reader001@example.org", True, Reader()), utcnow()
+        ).data
     assert b"DKIM-Signature" not in message
 
 

@@ -1,15 +1,18 @@
-"""Rendering a frozen edition: order, escaping in HTML only, links and the open pixel."""
+"""Rendering a frozen edition: order, escaping in HTML only, links and the open pixel, the
+inlined CSS, the locale."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import date
 from typing import Any
 
+import css_inline
 import pytest
 from markupsafe import escape
 
-from digest.render import RenderedMessage, environment, render_layout
-from digest.selection import MUST_READS
+from digest.render import Frame, RenderedMessage, environment, render_layout
+from digest.selection import LATEST, MUST_READS, Limits, Reader, personalise
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 PIXEL = "https://news.example.com/o/WzFd.sig"
@@ -23,6 +26,7 @@ def _item(story_id: int, title: str, section: str = "WORLD", summary: str = "") 
         "title": title,
         "section": section,
         "summary": summary,
+        "published_at": "2026-11-25T06:00:00+00:00",
     }
 
 
@@ -38,7 +42,7 @@ CONTENT = {
             ],
         },
         {
-            "key": "latest",
+            "key": LATEST,
             "title": "Latest Stories",
             "items": [
                 _item(3, "North Korea’s Dangerous New Role in Russia’s War", "ASIA"),
@@ -48,6 +52,11 @@ CONTENT = {
     ]
 }
 ITEMS = [item for block in CONTENT["blocks"] for item in block["items"]]
+LIMITS = Limits(must_reads=5, latest=10, section_quota=4, popular=5)
+
+
+def frame(subject: str, preheader: str, locale: str = "en") -> Frame:
+    return Frame("Example News Daily", subject, preheader, "", date(2026, 11, 25), locale)
 
 
 def href(link_id: int) -> str:
@@ -55,7 +64,6 @@ def href(link_id: int) -> str:
 
 
 def render_edition(
-    newsletter_name: str,
     subject: str,
     preheader: str,
     content: dict[str, Any],
@@ -65,20 +73,22 @@ def render_edition(
     unsubscribe_url: str,
     preferences_url: str,
     sections: list[str] | None = None,
+    locale: str = "en",
 ) -> RenderedMessage:
     """One reader's message, as the sending engine makes it: a layout, then its URLs."""
+    reader = Reader(
+        sections=None if sections is None else frozenset(s.casefold() for s in sections)
+    )
     layout = render_layout(
-        newsletter_name,
-        subject,
-        preheader,
-        content,
+        frame(subject, preheader, locale),
+        personalise(content["blocks"], reader, LIMITS),
         tracked=open_pixel_url is not None,
-        sections=sections,
     )
     fixed = {
         "pixel": open_pixel_url or "",
         "unsubscribe": unsubscribe_url,
         "preferences": preferences_url,
+        "view": "https://news.example.com/v/VIEW",
     }
     return layout.fill(
         lambda name: fixed[name] if name in fixed else link(int(name.removeprefix("link_")))
@@ -89,7 +99,6 @@ def render(
     open_pixel_url: str | None = PIXEL, content: dict[str, Any] = CONTENT
 ) -> RenderedMessage:
     return render_edition(
-        "Example News Daily",
         "Example News Daily: Kim Jong Un’s Achievements",
         "North Korea’s Dangerous New Role · Tom & Jerry",
         content,
@@ -189,7 +198,6 @@ def test_every_message_links_to_unsubscribe_and_preferences(rendered):
 
 def test_a_readers_sections_leave_out_other_stories_but_never_the_must_reads():
     chosen = render_edition(
-        "Example News Daily",
         "Subject",
         "",
         CONTENT,
@@ -212,32 +220,37 @@ def test_a_filled_layout_is_what_rendering_each_message_would_give(pixel, sectio
     def plain(link_id: int) -> str:
         return f"https://news.example.com/story/{link_id}?utm_source=newsletter&utm_medium=email"
 
-    chosen = None if sections is None else {s.casefold() for s in sections}
+    reader = Reader(
+        sections=None if sections is None else frozenset(s.casefold() for s in sections)
+    )
     blocks = [
         {
             "title": block["title"],
-            "items": [
-                {**item, "href": plain(item["link_id"])}
-                for item in block["items"]
-                if chosen is None
-                or block["key"] == MUST_READS
-                or item["section"].casefold() in chosen
+            "groups": [
+                {
+                    "heading": group["heading"],
+                    "items": [{**item, "href": plain(item["link_id"])} for item in group["items"]],
+                }
+                for group in block["groups"]
             ],
         }
-        for block in CONTENT["blocks"]
+        for block in personalise(CONTENT["blocks"], reader, LIMITS)
     ]
     context = {
         "newsletter_name": "Example News Daily",
         "subject": "Subject",
         "preheader": "Pre & header",
-        "blocks": [b for b in blocks if b["items"]],
+        "intro": "",
+        "issue_date": date(2026, 11, 25),
+        "lang": "en",
+        "blocks": blocks,
         "open_pixel_url": pixel,
         "unsubscribe_url": "https://news.example.com/u/UN&SUB",
         "preferences_url": "https://news.example.com/p/PREFS",
+        "view_url": "https://news.example.com/v/VIEW",
     }
     env = environment()
     filled = render_edition(
-        "Example News Daily",
         "Subject",
         "Pre & header",
         CONTENT,
@@ -247,24 +260,27 @@ def test_a_filled_layout_is_what_rendering_each_message_would_give(pixel, sectio
         preferences_url="https://news.example.com/p/PREFS",
         sections=sections,
     )
-    assert filled.html == env.get_template("email/digest.html").render(context)
+    inliner = css_inline.CSSInliner(keep_style_tags=True, load_remote_stylesheets=False)
+    assert filled.html == inliner.inline(env.get_template("email/digest.html").render(context))
     assert filled.text == env.get_template("email/digest.txt").render(context)
     assert "utm_source=newsletter&amp;utm_medium=email" in filled.html
 
 
-@pytest.mark.parametrize("forged", ["\x00unsubscribe\x00", "\x00oops\x00", "\x00pixel\x00", "\x00"])
+@pytest.mark.parametrize(
+    "forged",
+    ["\ue000unsubscribe\ue001", "\ue000oops\ue001", "\ue000pixel\ue001", "\ue000", "\x00"],
+)
 def test_feed_text_can_neither_forge_a_slot_nor_break_the_layout(forged):
     content = {
         "blocks": [
             {
-                "key": "latest",
+                "key": LATEST,
                 "title": f"Latest {forged}",
                 "items": [_item(3, f"Title {forged}", "ASIA", f"Summary {forged}")],
             }
         ]
     }
     rendered = render_edition(
-        "Example News Daily",
         f"Subject {forged}",
         f"Pre {forged}",
         content,
@@ -275,5 +291,49 @@ def test_feed_text_can_neither_forge_a_slot_nor_break_the_layout(forged):
     )
     for part in (rendered.html, rendered.text):
         assert "\x00" not in part
+        assert "\ue000" not in part
         assert part.count("https://news.example.com/u/UNSUB") == 1  # the footer's only
         assert "/o/" not in part
+
+
+def test_css_is_inlined_and_the_media_queries_stay(rendered):
+    # Outlook and Gmail's app ignore <style>: every element carries its own style.
+    assert 'class="headline"' in rendered.html
+    assert "font-size: 18px" in rendered.html
+    assert "@media only screen and (max-width: 620px)" in rendered.html
+    assert "prefers-color-scheme: dark" in rendered.html
+    assert '<meta name="color-scheme" content="light dark">' in rendered.html
+
+
+def test_latest_stories_are_grouped_by_section(rendered):
+    # The section heading replaces each item's kicker inside Latest Stories.
+    assert _in_order(rendered.text, ["LATEST STORIES", "-- ASIA --", "North Korea’s Dangerous"])
+    assert "[ASIA] North Korea" not in rendered.text
+    assert "[ASIA] Kim Jong Un" in rendered.text  # Must-Reads keep their kicker
+
+
+def test_the_newsletters_locale_translates_words_and_formats_the_date():
+    german = render_edition(
+        "Betreff",
+        "",
+        CONTENT,
+        href,
+        None,
+        unsubscribe_url="https://news.example.com/u/UNSUB",
+        preferences_url="https://news.example.com/p/PREFS",
+        locale="de",
+    )
+    assert "Mittwoch, 25. November 2026" in german.text
+    assert "LESENSWERT" in german.text and "Abbestellen" in german.html
+    assert '<html lang="de"' in german.html
+    # A region without its own file uses the language's; a language without one stays English.
+    assert (
+        "Lesenswert"
+        in render_edition(
+            "S", "", CONTENT, href, None, unsubscribe_url="u", preferences_url="p", locale="de_AT"
+        ).html
+    )
+    japanese = render_edition(
+        "S", "", CONTENT, href, None, unsubscribe_url="u", preferences_url="p", locale="ja"
+    )
+    assert "Must-Reads" in japanese.html and "2026年11月25日" in japanese.text

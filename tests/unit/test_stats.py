@@ -267,8 +267,9 @@ def test_a_fixed_number_of_queries_whatever_the_edition_size(busy, sqlite_settin
     finally:
         event.remove(engine, "before_cursor_execute", count)
     assert len(report.stories) > 10
-    # The edition, deliveries, opens, clicks by kind, bounces, by link, the links, by section.
-    assert len(statements) == 8
+    # The edition, the stories sent, deliveries, opens, clicks by kind, bounces, by link, the
+    # links, by section.
+    assert len(statements) == 9
 
 
 def test_csv_has_story_rows_then_link_rows(busy, sessions) -> None:
