@@ -99,7 +99,11 @@ class FakeServer:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        # stop() waits for the serve loop to notice: poll often, or every test's teardown
+        # takes the default half second.
+        threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+        ).start()
         return self
 
     def stop(self) -> None:
@@ -133,7 +137,9 @@ class FakeServer:
             http.close_connection = True
             http.connection.close()
             return
-        reply = self._handle(request)
+        # Only an ``after_effect`` failure lets the request act (make the post) first.
+        if failure is None or failure.after_effect:
+            reply = self._handle(request)
         if failure is not None:
             if failure.drop:
                 http.close_connection = True
