@@ -34,7 +34,8 @@ from digest.edition_control import (
     resume,
     send,
 )
-from digest.editions import EditionNotFound, NothingToSend, prepare_edition
+from digest.editions import EditionNotFound, NothingToSend, load_edition, prepare_edition
+from digest.editor_templates import EditorTemplateError, check_editor_template
 from digest.feeds import canonical_url
 from digest.fetch import Fetcher
 from digest.health import OK, readiness
@@ -42,6 +43,7 @@ from digest.html_lists import Selectors
 from digest.inbound import read_mailbox
 from digest.ingest import IngestError, ingest_source
 from digest.logs import configure_logging
+from digest.mail import TransportError
 from digest.mailboxes import MailboxError
 from digest.models import (
     FINAL_DELIVERY_STATES,
@@ -53,9 +55,11 @@ from digest.models import (
     Story,
     utcnow,
 )
+from digest.preview import PreviewError, render_preview, send_test, write_preview
 from digest.privacy import erase_subscriber, personal_data
-from digest.render import environment
+from digest.render import RenderedMessage, check_locale, environment
 from digest.sample_site import demo_newsletter, register_sample_sources
+from digest.screenshots import ScreenshotError
 from digest.sending import delivery_counts
 from digest.stats import edition_report, to_csv
 from digest.stats_table import render_table
@@ -553,7 +557,75 @@ def editions_prepare(slug: str, issue_date: datetime | None, hold: bool) -> None
             edition = prepare_edition(session, newsletter, day, now, hold=hold)
         except NothingToSend as exc:
             raise click.ClickException(f"{exc}: ingest first (`digest ingest`)") from exc
+        except EditorTemplateError as exc:
+            raise click.ClickException(
+                f"{exc}: fix it with `digest newsletters save {slug} --subject-template ...`"
+            ) from exc
         _control(session, edition_status, edition.id)
+
+
+def _preview_of(
+    session: Session, edition_id: int, subscriber: str | None
+) -> tuple[Edition, RenderedMessage]:
+    try:
+        edition = load_edition(session, edition_id)
+        return edition, render_preview(session, edition, subscriber)
+    except (EditionNotFound, PreviewError, InvalidAddress) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@editions.command("preview")
+@click.argument("edition_id", type=int)
+@click.option("--subscriber", help="As this subscriber would get it now (default: a new reader).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Directory for the files.",
+)
+@click.option("--no-screenshots", is_flag=True, help="Only the HTML and text, no Chromium.")
+def editions_preview(
+    edition_id: int, subscriber: str | None, out: Path, no_screenshots: bool
+) -> None:
+    """Write the message as HTML and text, and PNG screenshots at desktop and mobile widths
+    (headless Chromium: DIGEST_CHROMIUM, or chromium on PATH). Links are not tracked."""
+    settings = _settings()
+    with _session(settings) as session:
+        _, message = _preview_of(session, edition_id, subscriber)
+    stem = f"edition-{edition_id}" + (f"-{subscriber.split('@')[0]}" if subscriber else "")
+    if not no_screenshots:
+        click.echo("taking screenshots with Chromium...", err=True)
+    try:
+        files = write_preview(
+            message, out, stem, screenshots=not no_screenshots, browser=settings.chromium
+        )
+    except ScreenshotError as exc:
+        raise click.ClickException(f"{exc} (or pass --no-screenshots)") from exc
+    click.echo(f"subject: {message.subject}")
+    for path in (files.html, files.text, *files.screenshots):
+        click.echo(f"wrote {path}")
+
+
+@editions.command("test-send")
+@click.argument("edition_id", type=int)
+@click.option("--to", "to", required=True, help="Where to send the test.")
+@click.option("--subscriber", help="As this subscriber would get it now (default: a new reader).")
+def editions_test_send(edition_id: int, to: str, subscriber: str | None) -> None:
+    """Send the edition to one address as a test ("[Test]" in the subject): nothing is
+    recorded or counted, links are not tracked, and its unsubscribe links lead nowhere."""
+    settings = _settings()
+    with _session(settings) as session:
+        edition, message = _preview_of(session, edition_id, subscriber)
+        try:
+            send_test(settings, edition, message, to, utcnow())
+        except InvalidAddress as exc:
+            raise click.BadParameter(str(exc), param_hint="--to") from exc
+        except TransportError as exc:
+            raise click.ClickException(
+                f"the relay did not take it: {exc} (check DIGEST_SMTP_URL)"
+            ) from exc
+    click.echo(f"sent a test of edition {edition_id} to {to} via {redact_url(settings.smtp_url)}")
 
 
 @editions.command("send")
@@ -796,9 +868,36 @@ def newsletters() -> None:
 @click.option(
     "--consent-text", help="Shown on the subscribe form; its hash goes in the consent log."
 )
+@click.option("--locale", help="Dates, numbers and the templates' words (en, de, fr, pt_BR...).")
+@click.option(
+    "--section-quota",
+    type=click.IntRange(1),
+    help="At most this many Latest Stories from one section (default 4).",
+)
+@click.option(
+    "--min-items",
+    type=click.IntRange(1),
+    help="Fewer new stories than this for a reader: no edition for them that day (default 1).",
+)
+@click.option(
+    "--subject-template",
+    help="Jinja for the subject, e.g. '{{ newsletter }}: {{ top.title }}' ('' for the default).",
+)
+@click.option(
+    "--intro-template",
+    help="Jinja for an intro above the stories; variables as for the subject ('' for none).",
+)
 def newsletters_save(slug: str, **options: object) -> None:
-    """Create the newsletter SLUG, or change the options given."""
+    """Create the newsletter SLUG, or change the options given.
+
+    Subject and intro templates see: newsletter, date, date_text (in the locale), stories
+    (each with title, section, summary), top (the first story) and count."""
     values = {key: value for key, value in options.items() if value is not None}
+    if "locale" in values:
+        try:
+            values["locale"] = check_locale(str(values["locale"]))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--locale") from exc
     if "sections" in values:
         values["sections"] = [s.strip() for s in str(values["sections"]).split(",") if s.strip()]
     for key in ("from_address", "reply_to"):
@@ -819,6 +918,18 @@ def newsletters_save(slug: str, **options: object) -> None:
                 ) from None
     with _session(_settings()) as session:
         newsletter = session.scalars(select(Newsletter).where(Newsletter.slug == slug)).first()
+        for key in ("subject_template", "intro_template"):
+            if key in values:
+                try:
+                    check_editor_template(
+                        key.removesuffix("_template"),
+                        str(values[key]),
+                        str(values.get("name") or (newsletter.name if newsletter else slug)),
+                        str(values.get("locale") or (newsletter.locale if newsletter else "en")),
+                    )
+                except EditorTemplateError as exc:
+                    hint = f"--{key.replace('_', '-')}"
+                    raise click.BadParameter(str(exc), param_hint=hint) from exc
         if newsletter is None:
             if "name" not in values:
                 raise click.ClickException(f"{slug!r} is new: give it a --name")

@@ -60,6 +60,8 @@ class Settings:
     inbound_mailbox: str | None
     # A subscription whose last this-many editions drew nothing human is sunset (digest.sunset).
     sunset_editions: int
+    # The browser for edition previews (a path or a name on PATH); None: look for chromium.
+    chromium: str | None
     # DKIM signing (d= is the From address's domain): both set, or neither.
     dkim_selector: str | None
     dkim_key: bytes | None = field(repr=False)  # never in a log line or a traceback
@@ -205,6 +207,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         bounce_domain=env.get("DIGEST_BOUNCE_DOMAIN", "").strip().lower() or None,
         inbound_mailbox=env.get("DIGEST_INBOUND_MAILBOX", "").strip() or None,
         sunset_editions=int(_number(env, "DIGEST_SUNSET_EDITIONS", "30", int)),
+        chromium=env.get("DIGEST_CHROMIUM", "").strip() or None,
         domain_rates=_domain_rates(env.get("DIGEST_DOMAIN_RATES", "")),
         send_rate=(
             _number(env, "DIGEST_SEND_RATE", "1", float) if env.get("DIGEST_SEND_RATE") else None

@@ -25,6 +25,7 @@ from digest.models import (
     Edition,
     EditionSegment,
     SegmentStory,
+    utcnow,
 )
 
 RECEIVED = (DeliveryState.SENDING, DeliveryState.SENT, DeliveryState.UNKNOWN)
@@ -73,13 +74,13 @@ def last_received(
     return {subscriber_id: prepared for subscriber_id, prepared in rows}
 
 
-def segment(session: Session, edition_id: int, story_ids: Iterable[int]) -> int:
-    """The id of the edition's segment of exactly these stories, created if new and committed
-    at once, so a concurrent batch that needs the same segment waits only for this."""
-    ids = tuple(story_ids)
-    key = ",".join(map(str, ids))
+def segment(session: Session, edition_id: int, key: str, story_ids: Iterable[int]) -> int:
+    """The id of the edition's segment ``key`` (digest.selection.segment_key) carrying
+    ``story_ids``, created if new and committed at once, so that a concurrent batch that needs
+    the same segment waits only for this."""
+    ids = set(story_ids)
     find = select(EditionSegment.id).where(
-        EditionSegment.edition_id == edition_id, EditionSegment.story_ids == key
+        EditionSegment.edition_id == edition_id, EditionSegment.key == key
     )
     found = session.scalar(find)
     if found is not None:
@@ -88,7 +89,7 @@ def segment(session: Session, edition_id: int, story_ids: Iterable[int]) -> int:
     dialect_insert = pg_insert if dialect == "postgresql" else sqlite_insert
     created = session.scalar(
         dialect_insert(EditionSegment)
-        .values(edition_id=edition_id, story_ids=key, created_at=func.now())
+        .values(edition_id=edition_id, key=key, created_at=utcnow())
         .on_conflict_do_nothing()
         .returning(EditionSegment.id)
     )
@@ -98,8 +99,6 @@ def segment(session: Session, edition_id: int, story_ids: Iterable[int]) -> int:
         session.commit()
         return found
     if ids:
-        session.execute(
-            insert(SegmentStory), [{"segment_id": created, "story_id": s} for s in set(ids)]
-        )
+        session.execute(insert(SegmentStory), [{"segment_id": created, "story_id": s} for s in ids])
     session.commit()
     return created

@@ -426,12 +426,13 @@ class EditionSegment(Base):
     (digest.ledger): one row per kind of reader, not one per message."""
 
     __tablename__ = "edition_segments"
-    __table_args__ = (UniqueConstraint("edition_id", "story_ids"),)
+    __table_args__ = (UniqueConstraint("edition_id", "key"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     edition_id: Mapped[int] = mapped_column(ForeignKey("editions.id", ondelete="CASCADE"))
-    # The story ids, comma-separated in the order shown: the unique key of the segment.
-    story_ids: Mapped[str] = mapped_column(String(2000))
+    # Each block's story ids in the order shown (digest.selection.segment_key), from which
+    # "view in browser" rebuilds exactly what the reader got.
+    key: Mapped[str] = mapped_column(String(2000))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

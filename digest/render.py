@@ -8,7 +8,7 @@ reader's own URL goes, and ``EditionLayout.fill`` makes each message with string
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from functools import cache
@@ -102,7 +102,7 @@ def _text(value: Any) -> Any:
         return value.translate(_FORBIDDEN)
     if isinstance(value, dict):
         return {key: _text(item) for key, item in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [_text(item) for item in value]
     return value
 
@@ -174,17 +174,22 @@ class Frame:
 _INLINER = css_inline.CSSInliner(keep_style_tags=True, load_remote_stylesheets=False)
 
 
-def render_layout(
+def render_context(
     frame: Frame,
     blocks: list[Mapping[str, Any]],
+    url: Callable[[str], str],
     *,
     tracked: bool,
     personal: bool = True,
-) -> EditionLayout:
-    """Render personalised blocks (digest.selection.personalise). Untracked readers get no
-    open pixel; a copy that is not personal (the public archive) has no unsubscribe,
-    preferences or "view in browser" links."""
-    context = {
+    meta: Sequence[tuple[str, str]] = (),
+) -> dict[str, Any]:
+    """The templates' context for personalised blocks (digest.selection.personalise), with
+    ``url(slot)`` wherever a reader's own URL goes. Untracked readers get no open pixel; a
+    copy that is not personal (the public archive) has no unsubscribe, preferences or "view
+    in browser" links. ``meta``: (property, content) pairs for the page's head (OpenGraph
+    tags on the archive's pages)."""
+    return {
+        "meta": meta,
         "newsletter_name": _text(frame.newsletter_name),
         "subject": _text(frame.subject),
         "preheader": _text(frame.preheader),
@@ -198,7 +203,7 @@ def render_layout(
                     {
                         "heading": _text(group["heading"]),
                         "items": [
-                            {**_text(item), "href": _slot(link_slot(item["link_id"]))}
+                            {**_text(item), "href": url(link_slot(item["link_id"]))}
                             for item in group["items"]
                         ],
                     }
@@ -207,11 +212,25 @@ def render_layout(
             }
             for block in blocks
         ],
-        "open_pixel_url": _slot("pixel") if tracked and personal else None,
-        "unsubscribe_url": _slot("unsubscribe") if personal else None,
-        "preferences_url": _slot("preferences") if personal else None,
-        "view_url": _slot("view") if personal else None,
+        "open_pixel_url": url("pixel") if tracked and personal else None,
+        "unsubscribe_url": url("unsubscribe") if personal else None,
+        "preferences_url": url("preferences") if personal else None,
+        "view_url": url("view") if personal else None,
     }
+
+
+def render_layout(
+    frame: Frame,
+    blocks: list[Mapping[str, Any]],
+    *,
+    tracked: bool,
+    personal: bool = True,
+    meta: Sequence[tuple[str, str]] = (),
+) -> EditionLayout:
+    """Render and inline once, with slots for the URLs (``EditionLayout.fill``)."""
+    context = render_context(
+        frame, blocks, _slot, tracked=tracked, personal=personal, meta=_text(list(meta))
+    )
     env = environment(frame.locale)
     html = _INLINER.inline(env.get_template(f"email/{frame.template}.html").render(context))
     text = env.get_template(f"email/{frame.template}.txt").render(context)

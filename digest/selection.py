@@ -243,6 +243,31 @@ def _grouped(key: str | None, items: list[dict[str, Any]]) -> list[dict[str, Any
     return [{"heading": heading, "items": group} for heading, group in groups.items()]
 
 
+def segment_key(blocks: list[dict[str, Any]]) -> str:
+    """What a reader got, as text: each block's story ids in order (``latest:7,3;popular:9``).
+    Readers with the same key get the same message but for their own URLs."""
+    return ";".join(
+        f"{block['key']}:"
+        + ",".join(str(item["story_id"]) for group in block["groups"] for item in group["items"])
+        for block in blocks
+    )
+
+
+def from_segment(pool: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """The personalised blocks a segment key stands for, rebuilt from the frozen pool."""
+    blocks = {block["key"]: block for block in pool}
+    result = []
+    for part in key.split(";") if key else []:
+        block_key, _, ids = part.partition(":")
+        block = blocks[block_key]
+        by_id = {item["story_id"]: item for item in block["items"]}
+        items = [by_id[int(story_id)] for story_id in ids.split(",")]
+        result.append(
+            {"key": block_key, "title": block["title"], "groups": _grouped(block_key, items)}
+        )
+    return result
+
+
 def story_ids(blocks: list[dict[str, Any]]) -> tuple[int, ...]:
     """The stories of personalised blocks, in the order shown."""
     return tuple(

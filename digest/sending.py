@@ -31,6 +31,7 @@ import math
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parseaddr
@@ -68,8 +69,8 @@ from digest.models import (
     utcnow,
 )
 from digest.rate_limit import SendRateLimit
-from digest.render import EditionLayout, Frame, render_layout
-from digest.selection import Limits, Reader, personalise, story_ids
+from digest.render import EditionLayout, Frame, RenderedMessage, render_layout
+from digest.selection import Limits, Reader, personalise, segment_key, story_ids
 from digest.tokens import TokenSigner
 from digest.verp import UNSUBSCRIBE, short_mac, tagged_address, verp_address
 
@@ -267,8 +268,8 @@ class EditionMailer:
         self.link_urls = dict(
             session.execute(select(Link.id, Link.url).where(Link.edition_id == edition.id)).all()
         )
-        self._layouts: dict[tuple[tuple[int, ...], bool], EditionLayout] = {}
-        self._segments: dict[tuple[int, ...], int] = {}
+        self._layouts: dict[tuple[str, bool], EditionLayout] = {}
+        self._segments: dict[str, int] = {}
 
     def envelope_from(self, recipient: Recipient) -> str:
         """The SMTP envelope sender (where bounces go): the delivery's VERP address when
@@ -279,40 +280,30 @@ class EditionMailer:
             self.settings.secret_keys, self.settings.bounce_domain, recipient.delivery_id
         )
 
-    def _layout(self, reader: Reader, tracked: bool) -> tuple[EditionLayout, int]:
-        """The reader's edition and its segment. Rendered once per batch for each kind of
-        reader in it: readers who get the same stories share a layout."""
+    def blocks(self, reader: Reader) -> list[dict[str, Any]]:
+        """The reader's stories; ThinEdition if too few of them are new to the reader."""
         blocks = personalise(self.edition.content["blocks"], reader, self.limits)
-        stories = story_ids(blocks)
-        if len(stories) < max(self.newsletter.min_items, 1):
+        shown = len(story_ids(blocks))
+        if shown < max(self.newsletter.min_items, 1):
             raise ThinEdition(
-                f"a thin day for this reader: {len(stories)} new stories, "
+                f"a thin day for this reader: {shown} new stories, "
                 f"the newsletter needs at least {self.newsletter.min_items}"
             )
-        segment_id = self._segments.get(stories)
-        if segment_id is None:
-            segment_id = self._segments[stories] = segment(self.session, self.edition.id, stories)
-        layout = self._layouts.get((stories, tracked))
-        if layout is None:
-            layout = self._layouts[stories, tracked] = render_layout(
-                self.frame, blocks, tracked=tracked
-            )
-        return layout, segment_id
+        return blocks
 
-    def message(self, recipient: Recipient, now: datetime) -> Message:
-        base = self.settings.base_url
+    def tracked(self, recipient: Recipient) -> bool:
         # Off for this reader or for the whole installation: plain links, no pixel.
-        tracked = recipient.tracking and self.settings.tracking
+        return recipient.tracking and self.settings.tracking
+
+    def urls(self, recipient: Recipient) -> Callable[[str], str]:
+        """The reader's URL for each slot of a layout."""
+        base = self.settings.base_url
         delivery_id = recipient.delivery_id
-        layout, segment_id = self._layout(recipient.reader, tracked)
-        token = self.signer.unsubscribe_token(
-            recipient.subscriber_id, self.newsletter.id, delivery_id
-        )
-        unsubscribe = f"{base}/u/{token}"
-        preferences = self.signer.preferences_token(recipient.subscriber_id, self.newsletter.id)
+        tracked = self.tracked(recipient)
         fixed = {
-            "unsubscribe": unsubscribe,
-            "preferences": f"{base}/p/{preferences}",
+            "unsubscribe": self.unsubscribe_url(recipient),
+            "preferences": f"{base}/p/"
+            + self.signer.preferences_token(recipient.subscriber_id, self.newsletter.id),
             "view": f"{base}/v/{self.signer.view_token(delivery_id)}",
         }
 
@@ -326,7 +317,36 @@ class EditionMailer:
                 return self.link_urls[link_id]
             return f"{base}/c/{self.signer.click_token(link_id, delivery_id)}"
 
-        rendered = layout.fill(url)
+        return url
+
+    def unsubscribe_url(self, recipient: Recipient) -> str:
+        token = self.signer.unsubscribe_token(
+            recipient.subscriber_id, self.newsletter.id, recipient.delivery_id
+        )
+        return f"{self.settings.base_url}/u/{token}"
+
+    def rendered(self, recipient: Recipient) -> tuple[RenderedMessage, int]:
+        """The reader's message parts and the segment they carry. Jinja and the CSS inliner
+        run once per batch for each segment (readers who get the same stories), tracked or
+        not; each reader's URLs are filled into that layout."""
+        blocks = self.blocks(recipient.reader)
+        key = segment_key(blocks)
+        segment_id = self._segments.get(key)
+        if segment_id is None:
+            segment_id = self._segments[key] = segment(
+                self.session, self.edition.id, key, story_ids(blocks)
+            )
+        tracked = self.tracked(recipient)
+        layout = self._layouts.get((key, tracked))
+        if layout is None:
+            layout = self._layouts[key, tracked] = render_layout(
+                self.frame, blocks, tracked=tracked
+            )
+        return layout.fill(self.urls(recipient)), segment_id
+
+    def message(self, recipient: Recipient, now: datetime) -> Message:
+        rendered, segment_id = self.rendered(recipient)
+        unsubscribe = self.unsubscribe_url(recipient)
         list_id = f"{self.newsletter.slug}.{self.domain}"
         # The mailto is for clients without one-click support; it is offered only where mail
         # comes back to us (a bounce domain routed to the webhook, or the inbound mailbox),

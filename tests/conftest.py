@@ -96,6 +96,19 @@ def any_sessions(request: pytest.FixtureRequest, env: dict[str, str]) -> session
     return session_factory(url)
 
 
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The browser for screenshots (DIGEST_CHROMIUM or chromium on PATH); required in CI."""
+    from digest.screenshots import ScreenshotError, find_browser
+
+    try:
+        return find_browser(os.environ.get("DIGEST_CHROMIUM") or None)
+    except ScreenshotError as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{exc}; CI requires it")
+        pytest.skip(str(exc))
+
+
 @pytest.fixture
 def smtp_sink() -> Iterator[SmtpSink]:
     sink = SmtpSink(port=free_port())

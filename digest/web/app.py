@@ -41,7 +41,7 @@ from digest.metrics import render as render_metrics
 from digest.models import utcnow
 from digest.tokens import TokenSigner
 from digest.tracking import USER_AGENT_MAX, link_target, truncate_ip
-from digest.web import api, reader_pages
+from digest.web import api, edition_pages, reader_pages
 from digest.web.deps import NO_STORE
 
 log = logging.getLogger(__name__)
@@ -242,6 +242,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.signer = signer
     app.include_router(api.router)
     app.include_router(reader_pages.router)
+    app.include_router(edition_pages.router)
 
     app.add_middleware(TrackingRoutes, tracking=tracking)
 

@@ -131,7 +131,7 @@ def test_each_story_reaches_a_reader_once_and_thin_days_are_skipped(settings: Se
             )
         )
         segments = session.scalars(
-            select(EditionSegment.story_ids).where(EditionSegment.edition_id == first.id)
+            select(EditionSegment.key).where(EditionSegment.edition_id == first.id)
         ).all()
     # Nothing new in Sport and the pin already received: a thin day for this reader.
     assert states == {everything.id: DeliveryState.SENT, sporty.id: DeliveryState.CANCELLED}

@@ -7,7 +7,6 @@ PNG decoder here, so the tests need nothing beyond the standard library.
 
 from __future__ import annotations
 
-import os
 import struct
 import tempfile
 import threading
@@ -25,7 +24,6 @@ from digest.screenshots import (
     MOBILE,
     ScreenshotError,
     Viewport,
-    find_browser,
     screenshot,
 )
 from tests.support import wait_until
@@ -66,17 +64,6 @@ EMAIL = """<!doctype html>
 </body></html>
 """
 HERO_Y, STORY_BOTTOM = 100, 200 + 3000
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    try:
-        return find_browser(os.environ.get("DIGEST_CHROMIUM") or None)
-    except ScreenshotError as exc:
-        reason = str(exc)
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason}; CI requires it")
-        pytest.skip(reason)
 
 
 @dataclass

@@ -237,6 +237,7 @@ def test_a_filled_layout_is_what_rendering_each_message_would_give(pixel, sectio
         for block in personalise(CONTENT["blocks"], reader, LIMITS)
     ]
     context = {
+        "meta": [],
         "newsletter_name": "Example News Daily",
         "subject": "Subject",
         "preheader": "Pre & header",

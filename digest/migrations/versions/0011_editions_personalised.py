@@ -24,7 +24,7 @@ def upgrade() -> None:
         "edition_segments",
         sa.Column("id", BigId, nullable=False),
         sa.Column("edition_id", sa.Integer(), nullable=False),
-        sa.Column("story_ids", sa.String(length=2000), nullable=False),
+        sa.Column("key", sa.String(length=2000), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
             ["edition_id"],
@@ -33,7 +33,7 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_edition_segments")),
-        sa.UniqueConstraint("edition_id", "story_ids", name=op.f("uq_edition_segments_edition_id")),
+        sa.UniqueConstraint("edition_id", "key", name=op.f("uq_edition_segments_edition_id")),
     )
     op.create_table(
         "segment_stories",
