@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from datetime import date, datetime
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from sqlalchemy import func, insert, literal, or_, select
@@ -32,7 +33,15 @@ from digest.models import (
     SubscriberStatus,
     Subscription,
 )
-from digest.selection import Limits, Reader, personalise, select_pool
+from digest.selection import (
+    BLOCK_ORDER,
+    LATEST,
+    Block,
+    Limits,
+    Reader,
+    personalise,
+    select_pool,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,23 +104,7 @@ def prepare_edition(
             Edition.newsletter_id == newsletter.id, Edition.prepared_at < now
         )
     )
-    blocks = [
-        {
-            "key": block.key,
-            "title": block.title,
-            "items": [
-                {
-                    "story_id": story.id,
-                    "title": story.title,
-                    "section": story.section,
-                    "summary": story.summary,
-                    "published_at": story.published_at.isoformat(),
-                }
-                for story in block.stories
-            ],
-        }
-        for block in pool
-    ]
+    blocks = _frozen(pool)
     regular = personalise(blocks, Reader(since=previous), Limits.of(newsletter))
     shown = [item for block in regular for group in block["groups"] for item in group["items"]]
     if len(shown) < max(newsletter.min_items, 1):
@@ -153,22 +146,8 @@ def prepare_edition(
             raise
         return raced
 
-    campaign = f"{newsletter.slug}-{issue_date:%Y-%m-%d}"
-    stories = [story for block in pool for story in block.stories]
-    links = {
-        story.id: Link(
-            edition_id=edition.id,
-            story_id=story.id,
-            url=with_utm(story.canonical_url, "newsletter", "email", campaign),
-        )
-        for story in stories
-    }
-    session.add_all(links.values())
-    session.flush()
-    for block in blocks:
-        for item in block["items"]:
-            item["link_id"] = links[item["story_id"]].id
-    edition.content = {"blocks": blocks}
+    _link(session, edition, pool, blocks)
+    edition.content = {"blocks": blocks, "cutoff": now.isoformat()}
 
     # The audience, frozen in one statement: every active subscriber of the newsletter who
     # takes this day's edition (daily, or weekly on the newsletter's weekday), is not on a
@@ -202,6 +181,82 @@ def prepare_edition(
     schedule_local_sends(session, edition.id, newsletter, now)
     session.commit()
     return edition
+
+
+def _frozen(pool: list[Block]) -> list[dict[str, Any]]:
+    return [
+        {
+            "key": block.key,
+            "title": block.title,
+            "items": [
+                {
+                    "story_id": story.id,
+                    "title": story.title,
+                    "section": story.section,
+                    "summary": story.summary,
+                    "published_at": story.published_at.isoformat(),
+                }
+                for story in block.stories
+            ],
+        }
+        for block in pool
+    ]
+
+
+def _link(
+    session: Session, edition: Edition, pool: list[Block], blocks: list[dict[str, Any]]
+) -> None:
+    """Give every item its tracked link row, made for the stories that have none yet."""
+    links = dict(
+        session.execute(select(Link.story_id, Link.id).where(Link.edition_id == edition.id)).all()
+    )
+    campaign = f"{edition.newsletter.slug}-{edition.issue_date:%Y-%m-%d}"
+    new = {
+        story.id: Link(
+            edition_id=edition.id,
+            story_id=story.id,
+            url=with_utm(story.canonical_url, "newsletter", "email", campaign),
+        )
+        for block in pool
+        for story in block.stories
+        if story.id not in links
+    }
+    session.add_all(new.values())
+    session.flush()
+    links.update({story_id: link.id for story_id, link in new.items()})
+    for block in blocks:
+        for item in block["items"]:
+            item["link_id"] = links[item["story_id"]]
+
+
+def extend_pool(session: Session, edition: Edition, cutoff: datetime) -> int:
+    """Bring the pool up to ``cutoff`` for a local-time bucket that comes due: its readers get
+    the news as of their own send hour, not as of the edition's preparation. Stories are only
+    added (each reader's cut-off, ``Reader.cutoff``, keeps earlier buckets' readers from the
+    newer ones), so every message already sent stays reproducible from its segment. Returns
+    how many stories were added; the caller commits."""
+    content = edition.content
+    if datetime.fromisoformat(content.get("cutoff", edition.prepared_at.isoformat())) >= cutoff:
+        return 0
+    pool = select_pool(session, edition.newsletter, cutoff)
+    blocks = {block["key"]: dict(block, items=list(block["items"])) for block in content["blocks"]}
+    added = 0
+    for fresh in _frozen(pool):
+        block = blocks.setdefault(fresh["key"], {**fresh, "items": []})
+        known = {item["story_id"] for item in block["items"]}
+        new = [item for item in fresh["items"] if item["story_id"] not in known]
+        block["items"] += new
+        added += len(new)
+    if added:
+        ordered = [blocks[key] for key in BLOCK_ORDER if key in blocks]
+        for block in ordered:
+            if block["key"] == LATEST:
+                block["items"].sort(key=lambda item: item["published_at"], reverse=True)
+        _link(session, edition, pool, ordered)
+        content = {"blocks": ordered}
+    # A new dict, so the JSON column sees the change.
+    edition.content = {**content, "cutoff": cutoff.isoformat()}
+    return added
 
 
 def prepare_due_editions(session: Session, now: datetime) -> list[Edition]:

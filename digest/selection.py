@@ -23,6 +23,7 @@ POOL_DEPTH = 3
 MUST_READS = "must_reads"
 LATEST = "latest"
 POPULAR = "popular"
+BLOCK_ORDER = (MUST_READS, LATEST, POPULAR)
 
 
 @dataclass(frozen=True)
@@ -176,11 +177,14 @@ class Limits:
 @dataclass(frozen=True)
 class Reader:
     """What personalises an edition: the sections chosen (None: all), the stories already
-    received in any digest, and when this newsletter last reached them (None: never)."""
+    received in any digest, when this newsletter last reached them (None: never), and the
+    news they are due: stories published up to ``cutoff`` (their local send time, or when
+    the edition was prepared; None: the whole pool)."""
 
     sections: frozenset[str] | None = None
     received: frozenset[int] = frozenset()
     since: datetime | None = None
+    cutoff: datetime | None = None
 
 
 def personalise(
@@ -195,7 +199,9 @@ def personalise(
     chosen = reader.sections
 
     def fresh(item: dict[str, Any]) -> bool:
-        return item["story_id"] not in seen
+        return item["story_id"] not in seen and (
+            reader.cutoff is None or _published(item) <= reader.cutoff
+        )
 
     def in_sections(item: dict[str, Any]) -> bool:
         return chosen is None or item.get("section", "").casefold() in chosen

@@ -45,6 +45,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from digest.bounce_reports import ReportKind, classify_smtp_reply
 from digest.bounces import record_bounce
 from digest.config import DEFAULT_STALL_SECONDS, MAX_BATCH_SECONDS, Settings
+from digest.editions import extend_pool
 from digest.ledger import last_received, received_stories, segment
 from digest.logs import log_context
 from digest.mail import (
@@ -498,6 +499,7 @@ def _recipients(session: Session, edition: Edition, claimed: list[int]) -> list[
             Subscriber.email,
             Subscriber.tracking_enabled,
             Subscription.sections,
+            Delivery.not_before,
             (Subscriber.status == SubscriberStatus.ACTIVE).label("mailable"),
             Subscription.active,
         )
@@ -530,6 +532,8 @@ def _recipients(session: Session, edition: Edition, claimed: list[int]) -> list[
                 else frozenset(s.casefold() for s in row.sections),
                 received=frozenset(received.get(row.subscriber_id, ())),
                 since=since.get(row.subscriber_id),
+                # A local-time reader gets the news up to their send hour (extend_pool).
+                cutoff=row.not_before or edition.prepared_at,
             ),
         )
         for row in reachable
@@ -748,6 +752,9 @@ def editions_to_dispatch(
     for edition_id, dispatched_at, n, due_at in rows:
         batches = math.ceil(n / batch_size)
         if dispatched_at is None or (due_at is not None and due_at > dispatched_at):
+            if due_at is not None:
+                # A local-time bucket came due: its readers get the news as of now.
+                extend_pool(session, session.get_one(Edition, edition_id), due_at)
             due[edition_id] = Dispatch(batches, continuing=False)
         else:
             due[edition_id] = Dispatch(min(batches, RECOVERY_TASKS), continuing=True)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select, update
 
+from digest import sending
 from digest.config import Settings
 from digest.db import session_factory
 from digest.edition_control import edition_status
@@ -16,11 +17,15 @@ from digest.local_time import next_local_hour
 from digest.models import (
     Delivery,
     DeliveryState,
+    Edition,
+    Link,
     Newsletter,
+    Story,
     Subscriber,
     Subscription,
     utcnow,
 )
+from digest.selection import Limits, Reader, personalise, story_ids
 from digest.sending import Dispatch, claim_batch, editions_to_dispatch
 from tests.support import seed_sample_site
 
@@ -101,3 +106,55 @@ def test_buckets_are_frozen_with_the_edition_and_claims_wait_for_them(
         assert sorted(
             session.scalars(select(Delivery.subscriber_id).where(Delivery.id.in_(rest)))
         ) == [1, 4]
+
+
+def test_a_later_bucket_gets_the_news_as_of_its_own_hour(sqlite_settings: Settings) -> None:
+    newsletter_id = seed_sample_site(sqlite_settings, 2)
+    sessions = session_factory(sqlite_settings.database_url)
+    now = utcnow()
+    later = (now.hour + 2) % 24
+    with sessions() as session:
+        newsletter = session.get_one(Newsletter, newsletter_id)
+        newsletter.local_send_hour = later
+        session.get_one(Subscriber, 2).timezone = "Etc/GMT-2"  # UTC+2: their hour is now
+        session.commit()
+        edition = prepare_edition(session, newsletter, now.date(), now)
+        at_later = next_local_hour(now, "UTC", later)
+        session.add(
+            Story(
+                canonical_url="https://news.example.com/world/breaking",
+                title="Breaking after the edition was prepared",
+                section="World",
+                published_at=at_later - timedelta(minutes=30),
+            )
+        )
+        session.commit()
+        # The first bucket goes as prepared; when the later one comes due, the pool catches up.
+        editions_to_dispatch(session, now, 100)
+        breaking = session.scalar(select(Story.id).where(Story.title.startswith("Breaking")))
+        assert breaking not in _pool(session, edition.id)
+        session.execute(update(Delivery).where(Delivery.subscriber_id == 2).values(state="sent"))
+        session.commit()
+        editions_to_dispatch(session, at_later, 100)
+        assert breaking in _pool(session, edition.id)
+        link = session.scalar(select(Link.id).where(Link.story_id == breaking))
+        assert link is not None
+
+        # Each reader's cut-off is their own moment: the later reader gets the new story, a
+        # reader of the first bucket (a retry, say) would not.
+        content = session.get_one(Edition, edition.id).content
+        limits = Limits.of(newsletter)
+        claimed = claim_batch(session, edition.id, 10, at_later)
+        (later_reader,) = sending._recipients(
+            session, session.get_one(Edition, edition.id), claimed
+        )
+        assert later_reader.reader.cutoff == at_later
+        assert breaking in story_ids(personalise(content["blocks"], later_reader.reader, limits))
+        early = Reader(cutoff=now)
+        assert breaking not in story_ids(personalise(content["blocks"], early, limits))
+
+
+def _pool(session, edition_id: int) -> set[int]:
+    session.expire_all()
+    content = session.get_one(Edition, edition_id).content
+    return {item["story_id"] for block in content["blocks"] for item in block["items"]}
