@@ -6,6 +6,7 @@ import io
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -593,7 +594,9 @@ def editions_preview(
     settings = _settings()
     with _session(settings) as session:
         _, message = _preview_of(session, edition_id, subscriber)
-    stem = f"edition-{edition_id}" + (f"-{subscriber.split('@')[0]}" if subscriber else "")
+    # An address's local part may hold "/" and the like: the file name keeps only safe ones.
+    local = re.sub(r"[^A-Za-z0-9._-]", "_", subscriber.split("@")[0]) if subscriber else ""
+    stem = f"edition-{edition_id}" + (f"-{local}" if local else "")
     if not no_screenshots:
         click.echo("taking screenshots with Chromium...", err=True)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import case, func, or_, select
@@ -200,7 +200,7 @@ def personalise(
 
     def fresh(item: dict[str, Any]) -> bool:
         return item["story_id"] not in seen and (
-            reader.cutoff is None or _published(item) <= reader.cutoff
+            reader.cutoff is None or _published(item, reader.cutoff) <= reader.cutoff
         )
 
     def in_sections(item: dict[str, Any]) -> bool:
@@ -221,7 +221,7 @@ def personalise(
                 if (
                     fresh(item)
                     and in_sections(item)
-                    and (reader.since is None or _published(item) > reader.since)
+                    and (reader.since is None or _published(item, NEWEST) > reader.since)
                     and per_section[section] < limits.section_quota
                 ):
                     per_section[section] += 1
@@ -234,8 +234,14 @@ def personalise(
     return result
 
 
-def _published(item: dict[str, Any]) -> datetime:
-    return datetime.fromisoformat(item["published_at"])
+# Editions frozen before items carried their publication time: such items pass every time
+# filter, as they did when those editions were prepared.
+NEWEST = datetime.max.replace(tzinfo=UTC)
+
+
+def _published(item: dict[str, Any], unknown: datetime) -> datetime:
+    published = item.get("published_at")
+    return unknown if published is None else datetime.fromisoformat(published)
 
 
 def _grouped(key: str | None, items: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -641,8 +641,9 @@ def send_batch(
 
 def _auto_pause_reason(outcomes: Counter[DeliveryState]) -> str | None:
     """Why the edition should stop, if this batch says so: when most of a batch does not go
-    out, carrying on burns the sender's reputation (or the relay's patience) for nothing."""
-    attempts = sum(outcomes.values())
+    out, carrying on burns the sender's reputation (or the relay's patience) for nothing.
+    Readers with a thin day were not attempted: they are not errors."""
+    attempts = sum(n for state, n in outcomes.items() if state != DeliveryState.CANCELLED)
     missed = attempts - outcomes[DeliveryState.SENT]
     if attempts < AUTO_PAUSE_MIN_ATTEMPTS or missed < attempts * AUTO_PAUSE_SHARE:
         return None

@@ -9,7 +9,17 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from digest.selection import LATEST, MUST_READS, POPULAR, Limits, Reader, personalise, story_ids
+from digest.selection import (
+    LATEST,
+    MUST_READS,
+    POPULAR,
+    Limits,
+    Reader,
+    from_segment,
+    personalise,
+    segment_key,
+    story_ids,
+)
 
 NOW = datetime(2026, 11, 25, 6, tzinfo=UTC)
 LIMITS = Limits(must_reads=2, latest=4, section_quota=2, popular=2)
@@ -91,3 +101,37 @@ def test_never_a_story_twice_nor_one_already_received(received, sections, hours)
     shown = story_ids(personalise(POOL, Reader(sections, received, since), LIMITS))
     assert len(shown) == len(set(shown))
     assert not set(shown) & received
+
+
+def test_content_frozen_before_publication_times_were_kept_still_sends() -> None:
+    old = [
+        {
+            **block,
+            "items": [{k: v for k, v in i.items() if k != "published_at"} for i in block["items"]],
+        }
+        for block in POOL
+    ]
+    reader = Reader(since=NOW - timedelta(hours=1), cutoff=NOW - timedelta(hours=5))
+    assert story_ids(personalise(old, reader, LIMITS)) == (1, 2, 10, 11, 13, 14, 20, 21)
+
+
+def test_a_segment_key_rebuilds_what_the_reader_got() -> None:
+    for reader in (
+        Reader(),
+        Reader(sections=frozenset({"sport"})),
+        Reader(received=frozenset({1})),
+    ):
+        blocks = personalise(POOL, reader, LIMITS)
+        assert from_segment(POOL, segment_key(blocks)) == blocks
+
+
+def test_thin_day_cancellations_do_not_pause_an_edition() -> None:
+    from collections import Counter
+
+    from digest.models import DeliveryState
+    from digest.sending import _auto_pause_reason
+
+    assert (
+        _auto_pause_reason(Counter({DeliveryState.CANCELLED: 40, DeliveryState.SENT: 10})) is None
+    )
+    assert _auto_pause_reason(Counter({DeliveryState.FAILED: 15, DeliveryState.SENT: 10}))
