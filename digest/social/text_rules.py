@@ -437,7 +437,7 @@ def _x_urls(text: str) -> Iterator[tuple[int, int]]:
     of which only the ASCII part counts (so "日本example.com" links "example.com")."""
     if "." not in text:
         return
-    for match in _X_URL.finditer(text):
+    for match in _x_url_matches(text):
         if not _valid_host(match["domain"]):
             continue
         if match["scheme"]:
@@ -453,6 +453,32 @@ def _x_urls(text: str) -> Iterator[tuple[int, int]]:
         if spans and match["path"]:
             spans[-1] = (spans[-1][0], match.end("url"))
         yield from spans
+
+
+def _x_url_matches(text: str) -> Iterator[regex.Match[str]]:
+    """What ``_X_URL.finditer`` finds, without its quadratic time on long runs of letters
+    without spaces (CJK text): when the pattern fails for a link starting inside a run of
+    domain characters, it fails for every later start in that run too (the host only gets a
+    shorter first label), so the scan moves past the run, stopping only where a scheme
+    starts in it."""
+    position = 0
+    while position < len(text):
+        match = _X_URL.match(text, position)
+        if match:
+            yield match
+            position = match.end()
+            continue
+        # The attempt at `position` tried a link starting at `tried` (the pattern's `before`
+        # takes one character, or none at the very start).
+        tried = position if position == 0 else position + 1
+        if not (position == 0 or _URL_BEFORE.match(text, position)) or not _DOMAIN_RUN.match(
+            text, tried
+        ):
+            position += 1
+            continue
+        run_end = _DOMAIN_RUN.match(text, tried).end()
+        scheme = _SCHEME_ENDING.search(text, tried + 1, run_end + 3)
+        position = scheme.start() - 1 if scheme else run_end
 
 
 def _mastodon_urls(text: str) -> Iterator[tuple[int, int]]:
@@ -641,6 +667,10 @@ _X_ASCII_DOMAIN = regex.compile(
 )
 # twitter-text's invalidUrlWithoutProtocolPrecedingChars.
 _NO_BARE_URL_AFTER = regex.compile(r"[-_./]$")
+_URL_BEFORE = regex.compile(_PRECEDING.removesuffix("|^)") + ")")
+_DOMAIN_RUN = regex.compile(f"{_DOMAIN_CHAR}+")
+# A scheme inside a run of domain characters ends it: "://" is not made of them.
+_SCHEME_ENDING = regex.compile(r"https?(?=://)", regex.IGNORECASE)
 
 _MASTODON_WIDE = (
     r"\xA0-\uD7FF\uF900-\uFDCF\uFDF0-\uFFEF\U00010000-\U0001FFFD\U00020000-\U0002FFFD"
