@@ -142,15 +142,14 @@ def fit(
             lo, best = mid, text
         else:
             hi = mid
-    # Back off to the last word boundary, if the cut has one before it. The shorter text nearly
-    # always fits, but a link-like word cut short can count differently, so it is measured too.
-    words = [
-        match.start()
-        for match in _WORD_BOUNDARY.finditer(summary)
-        if 0 < match.start() <= cuts[lo] and _shortened(summary, match.start())
-    ]
-    if words and words[-1] != cuts[lo]:
-        text, length = attempt(words[-1])
+    # Back off to the last word boundary before the cut, if there is one. The shorter text
+    # nearly always fits, but a link-like word cut short can count differently: measure it.
+    word_end = max(
+        (match.start() for match in _WORD_BOUNDARY.finditer(summary) if match.start() <= cuts[lo]),
+        default=0,
+    )
+    if 0 < word_end < cuts[lo] and _shortened(summary, word_end):
+        text, length = attempt(word_end)
         if length.fits:
             return text
     return best
@@ -182,8 +181,9 @@ def link_facets(text: str) -> list[dict[str, Any]]:
 _GRAPHEME = regex.compile(r"\X")
 # Unicode (UAX #29) word boundaries: between words, and between CJK ideographs.
 _WORD_BOUNDARY = regex.compile(r"\b", regex.WORD)
-# Left at the end of a cut summary these read badly before "…".
-_CUT_TRAILING = regex.compile(r"[\s\p{Pd}\p{Ps}\p{Pi},;:.…]+\Z")
+# Left at the end of a cut summary these read badly before "…". Searched for from the end, so
+# that a long run of them inside the summary is not rescanned from each of its characters.
+_CUT_TRAILING = regex.compile(r"[\s\p{Pd}\p{Ps}\p{Pi},;:.…]+\Z", regex.REVERSE)
 
 # An emoji as one unit: a flag, a keycap, or a pictograph with its skin tone, presentation
 # selector or tag sequence, joined by ZWJs to further pictographs (the shape UTS #51 gives in
@@ -215,7 +215,9 @@ def _utf16_length(text: str) -> int:
 def _shortened(summary: str, cut: int) -> str:
     if cut >= len(summary):
         return summary
-    kept = _CUT_TRAILING.sub("", summary[:cut])
+    kept = summary[:cut]
+    if trailing := _CUT_TRAILING.search(kept):
+        kept = kept[: trailing.start()]
     return kept + ELLIPSIS if kept else ""
 
 
@@ -395,7 +397,7 @@ _LATIN_ACCENTS = (
     r"\xC0-\xD6\xD8-\xF6\xF8-\xFF\u0100-\u024F\u0253\u0254\u0256\u0257\u0259\u025B\u0263\u0268"
     r"\u026F\u0272\u0289\u028B\u02BB\u0300-\u036F\u1E00-\u1EFF"
 )
-_PRECEDING = rf"(?:[^A-Za-z0-9@＠$#＃{_INVALID}]|[{_DIRECTIONAL}]|^)"
+_BEFORE_CHAR = rf"(?:[^A-Za-z0-9@＠$#＃{_INVALID}]|[{_DIRECTIONAL}])"
 _DOMAIN_CHAR = rf"[^{_PUNCTUATION}{_SPACES}{_INVALID}{_DIRECTIONAL}]"
 # A label is domain characters with "-" (and in subdomains "_") inside, never at either end.
 # Possessive: a label that is not followed by "." is no label at any shorter length either.
@@ -412,7 +414,7 @@ def _url_pattern(scheme: str, path_char: str, path_end: str, query: str, query_e
     parens = rf"\((?:{path_char}+|{path_char}*\({path_char}+\){path_char}*)\)"
     path = rf"(?:{path_char}*(?:{parens}{path_char}*)*(?:{path_end}|{parens}))"
     return (
-        rf"(?P<before>{_PRECEDING})"
+        rf"(?P<before>{_BEFORE_CHAR}|^)"
         rf"(?P<url>(?P<scheme>{scheme})(?P<domain>{_SUBDOMAIN}*{_DOMAIN_NAME}"
         rf"(?:{_TLD_PATTERN}|{_PUNYCODE}))(?::[0-9]+)?(?P<path>/{path}*)?"
         rf"(?:\?{query}*{query_end})?)"
@@ -468,17 +470,15 @@ def _x_url_matches(text: str) -> Iterator[regex.Match[str]]:
             yield match
             position = match.end()
             continue
-        # The attempt at `position` tried a link starting at `tried` (the pattern's `before`
-        # takes one character, or none at the very start).
-        tried = position if position == 0 else position + 1
-        if not (position == 0 or _URL_BEFORE.match(text, position)) or not _DOMAIN_RUN.match(
-            text, tried
-        ):
+        # The attempt at `position` tried links starting at `first` and `position + 1` (the
+        # pattern's `before` takes one character, or none at the very start of the text).
+        first = 0 if position == 0 else position + 1
+        run = _DOMAIN_RUN.match(text, first)
+        if run is None or not (position == 0 or _URL_BEFORE.match(text, position)):
             position += 1
             continue
-        run_end = _DOMAIN_RUN.match(text, tried).end()
-        scheme = _SCHEME_ENDING.search(text, tried + 1, run_end + 3)
-        position = scheme.start() - 1 if scheme else run_end
+        scheme = _SCHEME_ENDING.search(text, position + 2, run.end() + 3)
+        position = scheme.start() - 1 if scheme else run.end()
 
 
 def _mastodon_urls(text: str) -> Iterator[tuple[int, int]]:
@@ -643,11 +643,8 @@ _TLDS = """
 _TLD_PATTERN = "(?:{})(?=[^0-9a-z@+-]|$)".format(
     "|".join(
         sorted(
-            {
-                tld[4:].encode("ascii").decode("punycode") if tld.startswith("xn--") else tld
-                for tld in _TLDS.split()
-            },
-            key=lambda tld: (-len(tld), tld),
+            tld[4:].encode("ascii").decode("punycode") if tld.startswith("xn--") else tld
+            for tld in _TLDS.split()
         )
     )
 )
@@ -667,14 +664,14 @@ _X_ASCII_DOMAIN = regex.compile(
 )
 # twitter-text's invalidUrlWithoutProtocolPrecedingChars.
 _NO_BARE_URL_AFTER = regex.compile(r"[-_./]$")
-_URL_BEFORE = regex.compile(_PRECEDING.removesuffix("|^)") + ")")
+_URL_BEFORE = regex.compile(_BEFORE_CHAR)
 _DOMAIN_RUN = regex.compile(f"{_DOMAIN_CHAR}+")
 # A scheme inside a run of domain characters ends it: "://" is not made of them.
 _SCHEME_ENDING = regex.compile(r"https?(?=://)", regex.IGNORECASE)
 
-_MASTODON_WIDE = (
-    r"\xA0-\uD7FF\uF900-\uFDCF\uFDF0-\uFFEF\U00010000-\U0001FFFD\U00020000-\U0002FFFD"
-    r"\U00030000-\U0003FFFD\U000E1000-\U000EFFFD\uE000-\uF8FF\U000F0000-\U0010FFFD"
+# RFC 3987's ucschar and iprivate, which Mastodon spells out as UCHARS.
+_MASTODON_WIDE = r"\xA0-\uD7FF\uE000-\uFDCF\uFDF0-\uFFEF\U000E1000-\U000EFFFD" + "".join(
+    rf"\U{plane:04X}0000-\U{plane:04X}FFFD" for plane in (*range(0x1, 0xE), 0xF, 0x10)
 )
 _MASTODON_URL = regex.compile(
     _url_pattern(

@@ -7,6 +7,7 @@ spec/validators/status_length_validator_spec.rb.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
@@ -124,6 +125,9 @@ def test_x_limit_is_280_weighted_characters() -> None:
         ("http://localhost/admin", 22),
         ("mail alice@example.com", 22),
         ("日本語example.com/path です", 6 + 23 + 5),
+        # A scheme right after the first character: the scan must move on, not loop.
+        ("日https://example.com", 2 + 23),
+        ("日https://notatld", 2 + 15),
         ("©", 1),
         ("©\ufe0f", 2),
         ("1\ufe0f\u20e3", 2),
@@ -368,6 +372,17 @@ def test_fit_measures_a_few_times_not_once_per_character() -> None:
 
     fit("mastodon", render, "word " * 20_000)
     assert len(calls) <= 22
+
+
+def test_long_text_without_spaces_is_measured_in_linear_time() -> None:
+    # Run naively, twitter-text's URL pattern retries a run of CJK text (no ASCII punctuation,
+    # so all of it could be a host name) from each of its characters, up to the one ".": about
+    # a minute for this summary, which is cut in well under a second.
+    summary = "日本語の記事の要約、増加しました。" * 1200 + "詳しくは3.5を参照"
+    started = time.monotonic()
+    text = fit("x", template("速報"), summary)
+    assert measure("x", text).fits
+    assert time.monotonic() - started < 5
 
 
 def test_fit_with_an_instance_limit() -> None:
