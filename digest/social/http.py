@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -148,6 +149,33 @@ def secret_values(credentials: Mapping[str, Any], *public: str) -> list[object]:
     """The credential values to redact from messages: all of them but the ``public`` ones
     (account ids, handles), which are not secret and make a message readable."""
     return [value for name, value in credentials.items() if name not in public]
+
+
+def webhook_match(
+    url: object, hosts: Collection[str], path: re.Pattern[str]
+) -> re.Match[str] | None:
+    """The webhook path of ``url`` (a match, with its parts), if ``url`` is an https URL on
+    one of ``hosts``; else None. Clients use only the path, joined to the account's base URL,
+    so a pasted URL cannot send a worker to another host."""
+    if not isinstance(url, str):
+        return None
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        return None
+    if parts.scheme != "https" or host not in hosts:
+        return None
+    return path.fullmatch(parts.path)
+
+
+def webhook_path(match: re.Match[str] | None, missing: str) -> str:
+    """The path to post to; PlatformError(GIVE_UP, ``missing``) when the stored URL is not a
+    webhook URL. Missing or malformed alike: a webhook has no token to refresh, so like a
+    deleted one this is for an editor to fix, not a re-authentication."""
+    if match is None:
+        raise PlatformError(missing, Outcome.GIVE_UP)
+    return match[0].rstrip("/")
 
 
 def _sent_nothing(exc: requests.exceptions.ConnectionError) -> bool:

@@ -25,11 +25,17 @@ import logging
 import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 import requests
 
-from digest.social.http import Api, json_body, retry_after, status_outcome
+from digest.social.http import (
+    Api,
+    json_body,
+    retry_after,
+    status_outcome,
+    webhook_match,
+    webhook_path,
+)
 from digest.social.platform import Account, Outcome, PlatformError, Post, Published
 
 log = logging.getLogger(__name__)
@@ -63,18 +69,7 @@ NO_READ_BACK = (
 
 
 def _webhook(url: object) -> re.Match[str] | None:
-    """The webhook path of ``url`` (a match, with its parts), if ``url`` is an https URL on
-    one of Discord's hosts; else None."""
-    if not isinstance(url, str):
-        return None
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-    except ValueError:
-        return None
-    if parts.scheme != "https" or host not in WEBHOOK_HOSTS:
-        return None
-    return _WEBHOOK_PATH.fullmatch(parts.path)
+    return webhook_match(url, WEBHOOK_HOSTS, _WEBHOOK_PATH)
 
 
 def decide(status: int, *, posts: bool) -> Outcome:
@@ -124,16 +119,11 @@ class DiscordClient:
         raise PlatformError(NO_READ_BACK, Outcome.UNCLEAR)
 
     def _webhook_path(self) -> str:
-        match = _webhook(self.account.credentials.get("webhook_url"))
-        if match is None:
-            # Missing or malformed alike: a webhook has no token to refresh, so like a deleted
-            # one this is for an editor to fix (GIVE_UP), not a re-authentication.
-            raise PlatformError(
-                "discord: the account has no Discord webhook URL "
-                "(https://discord.com/api/webhooks/…); connect it again",
-                Outcome.GIVE_UP,
-            )
-        return match[0].rstrip("/")
+        return webhook_path(
+            _webhook(self.account.credentials.get("webhook_url")),
+            "discord: the account has no Discord webhook URL "
+            "(https://discord.com/api/webhooks/…); connect it again",
+        )
 
     def _secrets(self) -> list[object]:
         url = self.account.credentials.get("webhook_url")
