@@ -36,7 +36,7 @@ from digest.ingest import ingest_source  # noqa: E402
 from digest.models import Delivery, Subscription, utcnow  # noqa: E402
 from digest.render import environment, render_context  # noqa: E402
 from digest.sample_site import demo_newsletter, register_sample_sources  # noqa: E402
-from digest.selection import Reader  # noqa: E402
+from digest.selection import Reader, chosen_sections  # noqa: E402
 from digest.sending import EditionMailer, Recipient  # noqa: E402
 
 CHOICES = [None, ["Asia"], ["Opinion", "World"]]
@@ -75,11 +75,7 @@ def main() -> None:
                     subscriber_id,
                     f"reader{n}@example.org",
                     tracking=n % 10 != 0,
-                    reader=Reader(
-                        sections=None
-                        if CHOICES[n % len(CHOICES)] is None
-                        else frozenset(s.casefold() for s in CHOICES[n % len(CHOICES)])
-                    ),
+                    reader=Reader(sections=chosen_sections(CHOICES[n % len(CHOICES)])),
                 )
                 for n, (delivery_id, subscriber_id) in enumerate(deliveries)
             ]

@@ -11,7 +11,7 @@ recorded yet; the ledger stops repeats from the next batch on.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime
 
 from sqlalchemy import func, insert, select
@@ -27,6 +27,7 @@ from digest.models import (
     SegmentStory,
     utcnow,
 )
+from digest.selection import Reader, chosen_sections
 
 RECEIVED = (DeliveryState.SENDING, DeliveryState.SENT, DeliveryState.UNKNOWN)
 
@@ -72,6 +73,30 @@ def last_received(
         .group_by(Delivery.subscriber_id)
     )
     return {subscriber_id: prepared for subscriber_id, prepared in rows}
+
+
+def readers(
+    session: Session,
+    edition: Edition,
+    sections: Mapping[int, list[str] | None],
+    cutoffs: Mapping[int, datetime | None] | None = None,
+) -> dict[int, Reader]:
+    """What personalises the edition for each subscriber in ``sections`` (their chosen
+    sections, None: all): the pool's stories they have received, when this newsletter last
+    reached them, and their cut-off (``cutoffs``; absent: the whole pool)."""
+    ids = list(sections)
+    pool = {item["story_id"] for block in edition.content["blocks"] for item in block["items"]}
+    received = received_stories(session, ids, pool)
+    since = last_received(session, edition.newsletter_id, ids, edition)
+    return {
+        subscriber_id: Reader(
+            sections=chosen_sections(sections[subscriber_id]),
+            received=frozenset(received.get(subscriber_id, ())),
+            since=since.get(subscriber_id),
+            cutoff=(cutoffs or {}).get(subscriber_id),
+        )
+        for subscriber_id in ids
+    }
 
 
 def segment(session: Session, edition_id: int, key: str, story_ids: Iterable[int]) -> int:

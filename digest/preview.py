@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from digest.config import Settings
-from digest.ledger import last_received, received_stories
+from digest.ledger import readers
 from digest.mail import compose, open_sender
 from digest.models import Edition, Link, Subscriber, Subscription
 from digest.render import Frame, RenderedMessage, render_layout
@@ -51,16 +51,7 @@ def _reader(session: Session, edition: Edition, email: str | None) -> Reader:
     )
     if subscriber is None or subscription is None:
         raise PreviewError(f"{email} does not subscribe to {edition.newsletter.slug}")
-    pool = {item["story_id"] for block in edition.content["blocks"] for item in block["items"]}
-    return Reader(
-        sections=None
-        if subscription.sections is None
-        else frozenset(s.casefold() for s in subscription.sections),
-        received=frozenset(received_stories(session, [subscriber.id], pool).get(subscriber.id, ())),
-        since=last_received(session, edition.newsletter_id, [subscriber.id], edition).get(
-            subscriber.id
-        ),
-    )
+    return readers(session, edition, {subscriber.id: subscription.sections})[subscriber.id]
 
 
 def render_preview(session: Session, edition: Edition, email: str | None = None) -> RenderedMessage:

@@ -187,6 +187,11 @@ class Reader:
     cutoff: datetime | None = None
 
 
+def chosen_sections(sections: list[str] | None) -> frozenset[str] | None:
+    """A reader's section choice as ``Reader.sections`` compares it (case does not matter)."""
+    return None if sections is None else frozenset(s.casefold() for s in sections)
+
+
 def personalise(
     blocks: list[dict[str, Any]], reader: Reader, limits: Limits
 ) -> list[dict[str, Any]]:

@@ -46,7 +46,7 @@ from digest.bounce_reports import ReportKind, classify_smtp_reply
 from digest.bounces import record_bounce
 from digest.config import DEFAULT_STALL_SECONDS, MAX_BATCH_SECONDS, Settings
 from digest.editions import extend_pool
-from digest.ledger import last_received, received_stories, segment
+from digest.ledger import readers, segment
 from digest.logs import log_context
 from digest.mail import (
     PermanentError,
@@ -516,25 +516,20 @@ def _recipients(session: Session, edition: Edition, claimed: list[int]) -> list[
     ).all()
     reachable = [row for row in rows if row.mailable and row.active]
     gone = [row.delivery_id for row in rows if not (row.mailable and row.active)]
-    subscriber_ids = [row.subscriber_id for row in reachable]
-    pool = {item["story_id"] for block in edition.content["blocks"] for item in block["items"]}
-    received = received_stories(session, subscriber_ids, pool)
-    since = last_received(session, edition.newsletter_id, subscriber_ids, edition)
+    personal = readers(
+        session,
+        edition,
+        {row.subscriber_id: row.sections for row in reachable},
+        # A local-time reader gets the news up to their send hour (extend_pool).
+        {row.subscriber_id: row.not_before or edition.prepared_at for row in reachable},
+    )
     recipients = [
         Recipient(
             row.delivery_id,
             row.subscriber_id,
             row.email,
             row.tracking_enabled,
-            Reader(
-                sections=None
-                if row.sections is None
-                else frozenset(s.casefold() for s in row.sections),
-                received=frozenset(received.get(row.subscriber_id, ())),
-                since=since.get(row.subscriber_id),
-                # A local-time reader gets the news up to their send hour (extend_pool).
-                cutoff=row.not_before or edition.prepared_at,
-            ),
+            personal[row.subscriber_id],
         )
         for row in reachable
     ]

@@ -28,7 +28,7 @@ from digest.models import (
     Subscription,
 )
 from digest.render import Frame, environment, render_layout
-from digest.selection import Limits, Reader, from_segment, personalise
+from digest.selection import Limits, Reader, chosen_sections, from_segment, personalise
 from digest.sending import EditionMailer, Recipient
 from digest.web.deps import DB, NO_STORE, app_settings, app_signer
 
@@ -78,7 +78,7 @@ def view_in_browser(token: str, request: Request, session: DB) -> HTMLResponse:
         )
     ).first()
     sections = None if subscription is None else subscription.sections
-    reader = Reader(None if sections is None else frozenset(s.casefold() for s in sections))
+    reader = Reader(chosen_sections(sections))
     # Not yet sent (or sent before segments were recorded): what the reader would get now.
     blocks = (
         from_segment(edition.content["blocks"], key)
