@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from datetime import date, datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from sqlalchemy import func, insert, literal, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -42,6 +41,7 @@ from digest.selection import (
     personalise,
     select_pool,
 )
+from digest.tracking import with_utm
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +59,6 @@ def load_edition(session: Session, edition_id: int) -> Edition:
     if edition is None:
         raise EditionNotFound(f"there is no edition {edition_id}")
     return edition
-
-
-def with_utm(url: str, source: str, medium: str, campaign: str) -> str:
-    """Add UTM parameters once, when the link row is created; the site's own are kept."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    present = {k for k, _ in query}
-    for key, value in (("utm_source", source), ("utm_medium", medium), ("utm_campaign", campaign)):
-        if key not in present:
-            query.append((key, value))
-    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def _find(session: Session, newsletter_id: int, issue_date: date) -> Edition | None:

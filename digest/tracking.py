@@ -11,6 +11,7 @@ import functools
 import ipaddress
 import re
 from datetime import datetime, timedelta
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
@@ -116,3 +117,14 @@ def purge_personal_data(session: Session, before: datetime) -> int:
 def link_target(session: Session, link_id: int) -> str | None:
     """Where a tracked link goes: always from the database, never from the request."""
     return session.scalar(select(Link.url).where(Link.id == link_id))
+
+
+def with_utm(url: str, source: str, medium: str, campaign: str) -> str:
+    """Add UTM parameters once, when the link row is created; the site's own are kept."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    present = {k for k, _ in query}
+    for key, value in (("utm_source", source), ("utm_medium", medium), ("utm_campaign", campaign)):
+        if key not in present:
+            query.append((key, value))
+    return urlunsplit(parts._replace(query=urlencode(query)))
