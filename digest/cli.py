@@ -48,9 +48,13 @@ from digest.mail import TransportError
 from digest.mailboxes import MailboxError
 from digest.models import (
     FINAL_DELIVERY_STATES,
+    AccountStatus,
     DeliveryState,
     Edition,
     Newsletter,
+    SocialAccount,
+    SocialPost,
+    SocialPostState,
     Source,
     SourceRole,
     Story,
@@ -62,6 +66,28 @@ from digest.render import RenderedMessage, check_locale, environment
 from digest.sample_site import demo_newsletter, register_sample_sources
 from digest.screenshots import ScreenshotError
 from digest.sending import delivery_counts
+from digest.social.accounts import (
+    PLATFORMS,
+    AccountError,
+    PostingSettings,
+    client_for,
+    connect,
+    update_settings,
+)
+from digest.social.clients.mastodon import MastodonClient
+from digest.social.platform import PlatformError
+from digest.social.posting import images_from, publish, thumbnail_fetcher
+from digest.social.queue import (
+    QueueError,
+    Sharing,
+    approve,
+    entries,
+    outlook,
+    post_now,
+    previews,
+    skip,
+)
+from digest.social.vault import CredentialsUnreadable, Vault
 from digest.stats import edition_report, to_csv
 from digest.stats_table import render_table
 from digest.subscriber_csv import (
@@ -73,6 +99,7 @@ from digest.subscriber_csv import (
 )
 from digest.subscriptions import InvalidAddress, normalise_email
 from digest.sunset import run_sunset
+from digest.tokens import TokenSigner
 
 DEMO_WAIT_SECONDS = 180
 
@@ -959,3 +986,310 @@ def newsletters_list() -> None:
     with _session(_settings()) as session:
         for newsletter in session.scalars(select(Newsletter).order_by(Newsletter.slug)):
             click.echo(_newsletter_line(newsletter))
+
+
+@main.group()
+def social() -> None:
+    """Social accounts, their posting queue, and posts."""
+
+
+def _sharing(settings: Settings) -> Sharing:
+    return Sharing(settings.base_url, TokenSigner(settings.secret_keys))
+
+
+def _when(moment: datetime | None) -> str:
+    return f"{moment:%Y-%m-%d %H:%M} UTC" if moment else "-"
+
+
+def _story_arg(session: Session, story: str) -> Story:
+    """A story by id or by URL."""
+    if story.isdigit():
+        found = session.get(Story, int(story))
+        if found is None:
+            raise click.ClickException(f"there is no story {story}")
+        return found
+    return _story(session, story)
+
+
+def _posting_settings(**options: object) -> PostingSettings:
+    return PostingSettings(**{k: v for k, v in options.items() if v is not None})  # type: ignore[arg-type]
+
+
+_posting_options = [
+    click.option("--timezone", help="The account's time zone for slots and the daily cap."),
+    click.option("--slots", help='Posting times, local: "08:00,12:30,17:00" ("" for none).'),
+    click.option("--daily-cap", type=click.IntRange(0), help="Posts per local day."),
+    click.option(
+        "--approval/--no-approval", default=None, help="Hold posts for an editor's approval."
+    ),
+    click.option(
+        "--expiry-minutes",
+        type=click.IntRange(1),
+        help="Drop a post not made this long after its time.",
+    ),
+    click.option(
+        "--reshare-days", type=click.IntRange(0), help="Re-share evergreen stories (0: never)."
+    ),
+    click.option("--utm-campaign", help="utm_campaign of the account's links."),
+    click.option("--max-characters", type=click.IntRange(1), help="The account's length limit."),
+]
+
+
+def _with_posting_options(command: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed(_posting_options):
+        command = option(command)
+    return command
+
+
+@social.command("connect")
+@click.argument("platform", type=click.Choice(list(PLATFORMS)))
+@click.argument("handle")
+@click.option("--base-url", help="The API's URL (a Mastodon instance; a local test server).")
+@click.option(
+    "--credentials-file",
+    type=click.File("r"),
+    help="A JSON object of credentials; '-' reads it from stdin.",
+)
+@_with_posting_options
+def social_connect(
+    platform: str,
+    handle: str,
+    base_url: str | None,
+    credentials_file: io.TextIOBase | None,
+    **options: object,
+) -> None:
+    """Add an account, or give an existing one new credentials.
+
+    Credentials come from --credentials-file (JSON) or are asked for, hidden; they are
+    stored encrypted with DIGEST_SECRET_KEYS and never shown again.
+    """
+    settings = _settings()
+    credentials: dict[str, str] = {}
+    if credentials_file is not None:
+        try:
+            loaded = json.load(credentials_file)
+        except ValueError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint="--credentials-file") from exc
+        if not isinstance(loaded, dict) or not all(isinstance(v, str) for v in loaded.values()):
+            raise click.BadParameter(
+                'must be an object of strings, e.g. {"access_token": "…"}',
+                param_hint="--credentials-file",
+            )
+        credentials.update(loaded)
+    info = PLATFORMS[platform]
+    for name in info.required:
+        if not credentials.get(name):
+            if not sys.stdin.isatty():
+                raise click.ClickException(f"{platform} needs {name}: put it in --credentials-file")
+            credentials[name] = click.prompt(name, hide_input=True)
+    vault = Vault(settings.secret_keys)
+    with _session(settings) as session:
+        try:
+            account = connect(
+                session,
+                vault,
+                platform,
+                handle,
+                credentials,
+                base_url=base_url,
+                settings=_posting_settings(**options),
+            )
+        except AccountError as exc:
+            raise click.ClickException(str(exc)) from exc
+        if platform == "mastodon" and options.get("max_characters") is None:
+            account.max_characters = _mastodon_limit(account, vault, settings)
+        session.commit()
+        click.echo(_account_line(account))
+
+
+def _mastodon_limit(account: SocialAccount, vault: Vault, settings: Settings) -> int | None:
+    """The instance's own status length, asked once at connect time."""
+    client = client_for(account, vault, session_factory(settings.database_url), timeout=10)
+    assert isinstance(client, MastodonClient)
+    try:
+        return client.instance_limits().max_characters
+    except PlatformError as exc:
+        click.echo(f"warning: the instance's length limit is unknown ({exc.message}); 500 used")
+        return None
+
+
+def _account_line(a: SocialAccount) -> str:
+    status = a.status.value + (f" ({a.status_reason})" if a.status_reason else "")
+    slots = a.slots or "none (must-reads only)"
+    extras = [
+        f"approval {'on' if a.approval else 'off'}",
+        f"expiry {a.expiry_minutes} min",
+        f"re-share evergreen every {a.reshare_days} days" if a.reshare_days else "no re-shares",
+    ]
+    return (
+        f"{a.id}: {a.platform}:{a.handle} [{status}] slots {slots} ({a.timezone}), "
+        f"cap {a.daily_cap}/day, " + ", ".join(extras)
+    )
+
+
+@social.command("accounts")
+def social_accounts() -> None:
+    """List connected accounts and their posting settings."""
+    with _session(_settings()) as session:
+        accounts = session.scalars(select(SocialAccount).order_by(SocialAccount.id)).all()
+        if not accounts:
+            click.echo("no accounts: add one with `digest social connect PLATFORM HANDLE`")
+        for account in accounts:
+            click.echo(_account_line(account))
+
+
+@social.command("set")
+@click.argument("account_id", type=int)
+@click.option("--pause/--resume", "paused", default=None, help="Stop or restart posting.")
+@_with_posting_options
+def social_set(account_id: int, paused: bool | None, **options: object) -> None:
+    """Change an account's posting settings."""
+    with _session(_settings()) as session:
+        try:
+            account = update_settings(session, account_id, _posting_settings(**options))
+        except AccountError as exc:
+            raise click.ClickException(str(exc)) from exc
+        if paused is not None:
+            if account.status is AccountStatus.REAUTH:
+                raise click.ClickException(
+                    "the account needs its credentials again: `digest social connect`"
+                )
+            account.status = AccountStatus.PAUSED if paused else AccountStatus.ACTIVE
+        session.commit()
+        click.echo(_account_line(account))
+
+
+@social.command("preview")
+@click.argument("story")
+def social_preview(story: str) -> None:
+    """Show STORY (an id or URL) as each account, or each platform, would post it."""
+    settings = _settings()
+    with _session(settings) as session:
+        found = _story_arg(session, story)
+        for preview in previews(session, _sharing(settings), found.id):
+            mark = "" if preview.fits else "  DOES NOT FIT"
+            click.echo(f"── {preview.target}: {preview.length}{mark}")
+            if preview.text:
+                click.echo(preview.text)
+            click.echo()
+
+
+@social.command("post")
+@click.argument("story")
+@click.option("--account", "account_id", type=int, required=True, help="The account's id.")
+@click.option("--again", is_flag=True, help="Post it even though it was posted there before.")
+def social_post(story: str, account_id: int, again: bool) -> None:
+    """Post STORY (an id or URL) to an account now, outside its slots and cap."""
+    settings = _settings()
+    sessions = session_factory(settings.database_url)
+    with _session(settings) as session:
+        found = _story_arg(session, story)
+        try:
+            post = post_now(
+                session, _sharing(settings), account_id, found.id, utcnow(), again=again
+            )
+        except (QueueError, AccountError) as exc:
+            raise click.ClickException(str(exc)) from exc
+        post_id = post.id
+    click.echo(f"posting {post_id} …")
+    with thumbnail_fetcher(settings) as fetcher:
+        result = publish(
+            sessions,
+            Vault(settings.secret_keys),
+            post_id,
+            images=images_from(fetcher),
+            retry_seconds=settings.social_retry_seconds,
+        )
+    with sessions() as session:
+        row = session.get_one(SocialPost, post_id)
+        if result is None:
+            click.echo(f"post {post_id} is {row.state.value}; the worker has it")
+            return
+        if row.state is SocialPostState.POSTED:
+            click.echo(f"posted: {row.url or row.remote_id}")
+            return
+        retry = (
+            f", next attempt {_when(row.next_attempt_at)} by the worker"
+            if row.state is SocialPostState.QUEUED
+            else ""
+        )
+        raise click.ClickException(f"post {post_id} is {row.state.value}{retry}: {row.last_error}")
+
+
+@social.command("queue")
+@click.option("--account", "account_id", type=int, help="Only this account.")
+def social_queue(account_id: int | None) -> None:
+    """What is waiting, under way and recently done, and what each account does next."""
+    now = utcnow()
+    with _session(_settings()) as session:
+        for look in outlook(session, now, account_id):
+            held = (
+                f"; waiting for the platform until {_when(look.retry_at)}" if look.retry_at else ""
+            )
+            status = look.status + (f" ({look.status_reason})" if look.status_reason else "")
+            nexts = ", ".join(_when(s) for s in look.next_slots) or "no slots"
+            click.echo(
+                f"{look.account} [{status}]{held}: {look.posts_today}/{look.daily_cap} today; "
+                f"next slots {nexts}; next story: {look.next_story or 'none fresh'}"
+            )
+        rows = entries(session, now, account_id)
+        if not rows:
+            click.echo("the queue is empty")
+        for entry in rows:
+            when = _when(entry.posted_at or entry.scheduled_for)
+            click.echo(
+                f"  #{entry.id} {entry.state:<17} {when}  {entry.account}  {entry.kind}: "
+                f"{entry.title}"
+            )
+            if entry.url:
+                click.echo(f"      {entry.url}")
+            if entry.last_error and entry.state != SocialPostState.POSTED:
+                click.echo(f"      {entry.last_error}")
+
+
+@social.command("approve")
+@click.argument("post_ids", type=int, nargs=-1, required=True)
+def social_approve(post_ids: tuple[int, ...]) -> None:
+    """Let waiting posts go out at their time."""
+    with _session(_settings()) as session:
+        count = approve(session, post_ids, utcnow())
+    click.echo(f"approved {count} of {len(post_ids)} (the others were not waiting for approval)")
+
+
+@social.command("skip")
+@click.argument("post_ids", type=int, nargs=-1, required=True)
+def social_skip(post_ids: tuple[int, ...]) -> None:
+    """Turn down posts that have not gone out."""
+    with _session(_settings()) as session:
+        count = skip(session, post_ids, utcnow())
+    click.echo(f"skipped {count} of {len(post_ids)} (the others had gone out or were done)")
+
+
+@social.command("rekey")
+def social_rekey() -> None:
+    """Encrypt every account's credentials with the newest DIGEST_SECRET_KEYS key."""
+    settings = _settings()
+    vault = Vault(settings.secret_keys)
+    with _session(settings) as session:
+        accounts = session.scalars(
+            select(SocialAccount).where(SocialAccount.credentials.is_not(None))
+        ).all()
+        for account in accounts:
+            try:
+                account.credentials = vault.rekey(account.credentials or b"")
+            except CredentialsUnreadable as exc:
+                raise click.ClickException(f"account {account.id}: {exc}") from exc
+        session.commit()
+    click.echo(f"re-encrypted the credentials of {len(accounts)} accounts")
+
+
+@stories.command("evergreen")
+@click.argument("url")
+@click.option("--off", is_flag=True, help="No longer evergreen.")
+def stories_evergreen(url: str, off: bool) -> None:
+    """Mark a story as worth re-sharing on social accounts that re-share."""
+    with _session(_settings()) as session:
+        story = _story(session, url)
+        story.evergreen = not off
+        session.commit()
+        click.echo(f"{'not ' if off else ''}evergreen: {story.title}")

@@ -47,6 +47,9 @@ class Settings:
     # An edition with claimable rows nobody claimed for this long is dispatched again (its
     # broker messages were lost: a broker restarted without persistence, a purged queue).
     stall_seconds: float
+    # A social post's first retry waits about this long, doubling after (capped at an hour);
+    # a read-back after an unclear failure waits at least half of it.
+    social_retry_seconds: float
     log_format: str
     log_level: str
     # Messages per second for the whole installation; None: as fast as the workers go.
@@ -203,6 +206,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         batch_size=int(_number(env, "DIGEST_BATCH_SIZE", "100", int)),
         tick_seconds=_number(env, "DIGEST_TICK_SECONDS", "15", float),
         stall_seconds=_number(env, "DIGEST_STALL_SECONDS", str(DEFAULT_STALL_SECONDS), float),
+        social_retry_seconds=_number(env, "DIGEST_SOCIAL_RETRY_SECONDS", "60", float),
         **_dkim(env),
         bounce_domain=env.get("DIGEST_BOUNCE_DOMAIN", "").strip().lower() or None,
         inbound_mailbox=env.get("DIGEST_INBOUND_MAILBOX", "").strip() or None,

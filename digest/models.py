@@ -30,6 +30,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -144,11 +145,34 @@ class OpenKind(enum.StrEnum):
 
 
 class SocialPostState(enum.StrEnum):
+    # Waiting for an editor (accounts with approval on); posted once approved.
+    AWAITING_APPROVAL = "awaiting_approval"
     QUEUED = "queued"
     POSTING = "posting"
     POSTED = "posted"
     FAILED = "failed"
+    # The call may have reached the platform and nothing can read it back: an editor checks.
     UNKNOWN = "unknown"
+    # Not posted within the account's expiry after its time: a stale queue never floods.
+    EXPIRED = "expired"
+    # An editor turned it down.
+    SKIPPED = "skipped"
+
+
+class SocialPostKind(enum.StrEnum):
+    MUST_READ = "must_read"
+    LATEST = "latest"
+    EVERGREEN = "evergreen"
+    # Posted by an editor's "post now".
+    MANUAL = "manual"
+
+
+class AccountStatus(enum.StrEnum):
+    ACTIVE = "active"
+    # Stopped by an editor.
+    PAUSED = "paused"
+    # The platform refused the credentials: nothing posts until the account is connected again.
+    REAUTH = "reauth"
 
 
 class Source(Base):
@@ -189,6 +213,8 @@ class Story(Base):
     published_at: Mapped[datetime] = mapped_column(index=True)
     # An editor's must-read pin, in force until this time.
     pinned_until: Mapped[datetime | None]
+    # Worth sharing again on social accounts that re-share (SocialAccount.reshare_days).
+    evergreen: Mapped[bool] = mapped_column(default=False, server_default=false())
     source_id: Mapped[int | None] = mapped_column(ForeignKey("sources.id", ondelete="SET NULL"))
     first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -506,26 +532,70 @@ class SocialAccount(Base):
     handle: Mapped[str] = mapped_column(String(200))
     # MultiFernet ciphertext; the plaintext never reaches the database or the logs.
     credentials: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The platform's API root; None: the platform's public one (digest.social.accounts).
+    base_url: Mapped[str | None] = mapped_column(String(2048))
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    # Posting times in the account's time zone, "HH:MM,HH:MM"; empty: must-reads only.
+    slots: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    # Posts per local day, must-reads included.
+    daily_cap: Mapped[int] = mapped_column(default=6, server_default="6")
+    # Posts wait for an editor's approval before they go out.
+    approval: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # A post not made this long after its time is dropped, not posted late.
+    expiry_minutes: Mapped[int] = mapped_column(default=120, server_default="120")
+    # Evergreen stories are shared again after this many days; None: never.
+    reshare_days: Mapped[int | None]
+    utm_campaign: Mapped[str] = mapped_column(
+        String(100), default="social", server_default="social"
+    )
+    # The account's own length limit where the platform has one (a Mastodon instance's).
+    max_characters: Mapped[int | None]
+    status: Mapped[AccountStatus] = mapped_column(
+        _enum(AccountStatus), default=AccountStatus.ACTIVE, server_default="active"
+    )
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    # The platform asked us to wait (Retry-After, rate-limit reset): nothing posts before.
+    retry_at: Mapped[datetime | None]
+    # The last posting slot taken; claiming a slot moves it, so a slot is filled once.
+    last_slot_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class SocialPost(Base):
     __tablename__ = "social_posts"
-    __table_args__ = (UniqueConstraint("story_id", "account_id", "variant"),)
+    __table_args__ = (
+        UniqueConstraint("story_id", "account_id", "variant"),
+        Index("ix_social_posts_state", "state", "scheduled_for"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     story_id: Mapped[int] = mapped_column(ForeignKey("stories.id", ondelete="CASCADE"))
     account_id: Mapped[int] = mapped_column(
         ForeignKey("social_accounts.id", ondelete="CASCADE"), index=True
     )
+    # "default" for a story's first share on the account; re-shares are named apart.
     variant: Mapped[str] = mapped_column(String(30), default="default")
+    kind: Mapped[SocialPostKind] = mapped_column(
+        _enum(SocialPostKind), default=SocialPostKind.LATEST, server_default="latest"
+    )
     state: Mapped[SocialPostState] = mapped_column(
         _enum(SocialPostState), default=SocialPostState.QUEUED
     )
+    # Rendered and checked against the platform's rule when the row is written: frozen.
     text: Mapped[str] = mapped_column(Text, default="")
+    # The tracked link as shared: read-backs look for exactly this URL, whatever keys rotate.
+    share_url: Mapped[str | None] = mapped_column(String(2048))
     remote_id: Mapped[str | None] = mapped_column(String(200))
+    # The post on the platform, where the platform says.
+    url: Mapped[str | None] = mapped_column(String(2048))
     scheduled_for: Mapped[datetime | None]
+    approved_at: Mapped[datetime | None]
+    attempts: Mapped[int] = mapped_column(default=0, server_default="0")
+    next_attempt_at: Mapped[datetime | None]
+    # A claimed row's lease; a row still posting after it went through an unclear window.
+    lease_until: Mapped[datetime | None]
+    # Read back before the next attempt: an earlier one may have landed.
+    verify: Mapped[bool] = mapped_column(default=False, server_default=false())
     posted_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

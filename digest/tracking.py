@@ -32,6 +32,23 @@ _BOT_AGENTS = re.compile(
     r"headless|facebookexternalhit|slack|discord|whatsapp|telegram|^mozilla/4\.0 \(compatible;\)$",
     re.IGNORECASE,
 )
+# Link-preview crawlers: a platform fetches a shared link to draw its card, and gets the story's
+# card page (digest.web.link_previews) instead of the redirect. Each alternative is the
+# crawler's own token, never just the platform's name: an in-app browser ("Twitter for iPhone",
+# "LinkedInApp", "Telegram-Android") is a person following the link. WhatsApp's crawler is
+# "WhatsApp/2.x A"; Mastodon's is "http.rb/5.x (Mastodon/4.x; +https://instance/)".
+_PREVIEW_AGENTS = re.compile(
+    r"twitterbot|facebookexternalhit|facebot|linkedinbot|slackbot-linkexpanding|discordbot|"
+    r"telegrambot|^whatsapp/|\(mastodon/|cardyb|iframely|embedly",
+    re.IGNORECASE,
+)
+
+
+@functools.lru_cache(maxsize=4096)
+def builds_link_preview(agent: str) -> bool:
+    """Whether this user agent is a platform fetching a link to build its preview card.
+    Memoised: asked on every click, and a newsletter's clicks come from few distinct agents."""
+    return _PREVIEW_AGENTS.search(agent) is not None
 
 
 def truncate_ip(ip: str | None) -> str | None:
@@ -53,7 +70,7 @@ def _automated(agent: str) -> ClickKind | None:
     costliest step of storing an event."""
     if _SCANNER_AGENTS.search(agent):
         return ClickKind.SCANNER
-    if not agent or _BOT_AGENTS.search(agent):
+    if not agent or _BOT_AGENTS.search(agent) or builds_link_preview(agent):
         return ClickKind.BOT
     return None
 

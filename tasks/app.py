@@ -30,10 +30,13 @@ from sqlalchemy.pool import NullPool
 from digest.beat_lock import BeatLock, hold_beat_lock
 from digest.broker import transport_options
 from digest.config import load_settings
+from digest.db import session_factory
 from digest.logs import LogContextToken, configure_logging, pop_log_context, push_log_context
 from digest.metrics import record_task_failure, register_tasks
 
 settings = load_settings()
+# One engine per worker process, shared by its tasks.
+sessions = session_factory(settings.database_url)
 
 # A batch must finish well inside its delivery lease (digest.sending.LEASE, 10 minutes), or its
 # rows would be declared ``unknown`` while it is still sending.
@@ -42,7 +45,7 @@ TASK_TIME_LIMIT = 300
 INBOUND_POLL_SECONDS = 60
 
 
-app = Celery("digest", broker=settings.broker_url, include=["tasks.delivery"])
+app = Celery("digest", broker=settings.broker_url, include=["tasks.delivery", "tasks.social"])
 app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,

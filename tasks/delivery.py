@@ -9,7 +9,6 @@ from celery.utils.log import get_task_logger
 from sqlalchemy.exc import OperationalError
 
 from digest import sending
-from digest.db import session_factory
 from digest.editions import prepare_due_editions
 from digest.fetch import Fetcher
 from digest.inbound import read_mailbox
@@ -17,18 +16,21 @@ from digest.ingest import IngestError, claim_due_sources, ingest_source
 from digest.logs import log_context
 from digest.mail import TransportUnavailable
 from digest.models import Source, utcnow
+from digest.social import posting, queue
 from digest.sunset import run_sunset
+from digest.tokens import TokenSigner
 from digest.tracking import purge_personal_data
-from tasks.app import app, settings
+from tasks.app import app, sessions, settings
+from tasks.social import post_social
 
 log = get_task_logger(__name__)
-sessions = session_factory(settings.database_url)
+sharing = queue.Sharing(settings.base_url, TokenSigner(settings.secret_keys))
 
 
 @app.task(name="digest.tick")
 def tick() -> None:
     """The beat's heartbeat: settle overdue rows, claim due sources, prepare due editions,
-    dispatch ingests and send batches.
+    plan social posts, dispatch ingests, send batches and social posts.
 
     Duplicate ticks are harmless: preparing is idempotent and a batch task that finds nothing
     to claim does nothing.
@@ -41,6 +43,9 @@ def tick() -> None:
         due = sending.editions_to_dispatch(
             session, now, settings.batch_size, timedelta(seconds=settings.stall_seconds)
         )
+        posting.recover(session, now)
+        queue.plan(session, sharing, now)
+        social_posts = queue.due_posts(session, now)
     # Enqueued after the commits above. One task per source, so a broken or slow source
     # never holds up the others; one per batch of deliveries to send.
     for source_id in sources:
@@ -52,6 +57,8 @@ def tick() -> None:
         if edition_id not in due:
             for _ in range(math.ceil(rows / settings.batch_size)):
                 send_batch.delay(edition_id)
+    for post_id in social_posts:
+        post_social.delay(post_id)
 
 
 @app.task(

@@ -40,9 +40,10 @@ from digest.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from digest.metrics import render as render_metrics
 from digest.models import utcnow
 from digest.tokens import TokenSigner
-from digest.tracking import USER_AGENT_MAX, link_target, truncate_ip
-from digest.web import api, edition_pages, reader_pages
+from digest.tracking import USER_AGENT_MAX, builds_link_preview, link_target, truncate_ip
+from digest.web import api, edition_pages, reader_pages, social_api
 from digest.web.deps import NO_STORE
+from digest.web.link_previews import LinkPreviews
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ _PIXEL_RESPONSE = _response(
     [(b"content-type", b"image/gif"), (b"content-length", b"%d" % len(PIXEL)), _NO_STORE],
     PIXEL,
 )
+_HTML = (b"content-type", b"text/html; charset=utf-8")
 _NOT_FOUND_BODY = b'{"detail":"Not Found"}'
 _NOT_FOUND = _response(
     404,
@@ -120,9 +122,10 @@ class Tracking:
     (link checkers and mail scanners probe with HEAD) gets the same answer and records
     nothing. Each returns the response's two ASGI messages."""
 
-    def __init__(self, signer: TokenSigner, links: LinkCache) -> None:
+    def __init__(self, signer: TokenSigner, links: LinkCache, previews: LinkPreviews) -> None:
         self.signer = signer
         self.links = links
+        self.previews = previews
         self.journal: EventJournal | None = None  # set by the app's lifespan
 
     async def click(self, scope: Scope, token: str) -> tuple[Message, Message]:
@@ -130,28 +133,36 @@ class Tracking:
         location = await self.links.location(ids[0]) if ids else None
         if ids is None or location is None:
             return _NOT_FOUND
+        agent = _user_agent(scope)
+        # A link-preview crawler gets the story's card, not the news site's (digest.web.
+        # link_previews); the crawler's GET is journaled all the same, and classed as a bot.
+        page = await self.previews.page(ids[0]) if agent and builds_link_preview(agent) else None
         if scope["method"] == "GET":
-            self._record(scope, "clicks", ids[1], ids[0])
+            self._record(scope, "clicks", ids[1], ids[0], agent)
+        if page is not None:
+            # no-store, as the redirect: this URL answers crawlers and people differently, so
+            # no shared cache may keep either answer, and every fetch must reach the journal.
+            return _response(200, [_HTML, (b"content-length", b"%d" % len(page)), _NO_STORE], page)
         return _response(302, [(b"location", location), _NO_STORE, _NO_BODY])
 
     async def open_pixel(self, scope: Scope, token: str) -> tuple[Message, Message]:
         delivery_id = self.signer.read_open_token(token)
         if delivery_id is not None and scope["method"] == "GET":
-            self._record(scope, "opens", delivery_id, None)
+            self._record(scope, "opens", delivery_id, None, _user_agent(scope))
         # Always the pixel: a broken image in a reader's mail client helps nobody.
         return _PIXEL_RESPONSE
 
     def _record(
-        self, scope: Scope, table: str, delivery_id: int | None, link_id: int | None
+        self,
+        scope: Scope,
+        table: str,
+        delivery_id: int | None,
+        link_id: int | None,
+        agent: str | None,
     ) -> None:
         journal = self.journal
         if journal is None:
             raise RuntimeError("a tracking route was called before the app's lifespan started")
-        agent = None
-        for name, value in scope["headers"]:
-            if name == b"user-agent":
-                agent = value.decode("latin-1")[:USER_AGENT_MAX] or None
-                break
         client = scope.get("client")
         journal.record(
             Event(
@@ -164,6 +175,13 @@ class Tracking:
                 user_agent=agent,
             )
         )
+
+
+def _user_agent(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"user-agent":
+            return value.decode("latin-1")[:USER_AGENT_MAX] or None
+    return None
 
 
 class TrackingRoutes:
@@ -207,8 +225,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging(settings)
     sessions: sessionmaker[Session] = session_factory(settings.database_url)
     signer = TokenSigner(settings.secret_keys)
-    links = LinkCache(sessions)
-    tracking = Tracking(signer, links)
+    tracking = Tracking(signer, LinkCache(sessions), LinkPreviews(sessions))
     journal_dir = settings.data_dir / "events"
 
     @contextlib.asynccontextmanager
@@ -241,6 +258,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.signer = signer
     app.include_router(api.router)
+    app.include_router(social_api.router)
     app.include_router(reader_pages.router)
     app.include_router(edition_pages.router)
 
