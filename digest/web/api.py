@@ -28,6 +28,7 @@ from digest.edition_control import (
     send,
 )
 from digest.editions import EditionNotFound, NothingToSend, prepare_edition
+from digest.editor_templates import EditorTemplateError
 from digest.inbound import handle_inbound
 from digest.models import Newsletter, utcnow
 from digest.privacy import erase_subscriber, personal_data
@@ -150,7 +151,11 @@ def post_edition_send(edition_id: int, session: DB) -> EditionStatus:
 
 @router.post(
     "/newsletters/{slug}/editions",
-    responses={404: {"description": "No such newsletter"}, 409: {"description": "No stories"}},
+    responses={
+        404: {"description": "No such newsletter"},
+        409: {"description": "No stories"},
+        422: {"description": "The newsletter's subject or intro template fails"},
+    },
 )
 def post_newsletter_edition(
     slug: str, session: DB, issue_date: date | None = None, hold: bool = False
@@ -166,6 +171,8 @@ def post_newsletter_edition(
         edition = prepare_edition(session, newsletter, issue_date or now.date(), now, hold=hold)
     except NothingToSend as exc:
         raise HTTPException(409, str(exc)) from exc
+    except EditorTemplateError as exc:
+        raise HTTPException(422, str(exc)) from exc
     return _control(edition_status, session, edition.id)
 
 

@@ -9,6 +9,7 @@ import time
 import httpx
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import select
 
 from digest import sending
 from digest.cli import main
@@ -16,7 +17,7 @@ from digest.config import Settings, load_settings
 from digest.db import session_factory
 from digest.edition_control import EditionStateError, cancel, edition_status, pause, resume
 from digest.editions import EditionNotFound
-from digest.models import DeliveryState, Edition, utcnow
+from digest.models import DeliveryState, Edition, Newsletter, utcnow
 from tests.support import prepare_sample_edition, seed_sample_site, send_until_done, wait_until
 
 TOKEN = "control-test-token"
@@ -192,3 +193,19 @@ def test_prepare_held_then_send_through_the_api(env, web_server) -> None:
     assert sent["state"] == "sending"
     api.post(f"/editions/{held['edition_id']}/pause")
     assert api.post(f"/editions/{held['edition_id']}/send").status_code == 409
+
+
+def test_a_subject_template_that_fails_is_a_422_not_a_500(env, web_server) -> None:
+    env["DIGEST_API_TOKENS"] = TOKEN
+    settings = load_settings(env)
+    seed_sample_site(settings, 2)
+    with _sessions(settings)() as session:
+        newsletter = session.scalars(select(Newsletter).where(Newsletter.slug == "daily")).one()
+        # Saved before the limits were tightened: refused now, when the edition is prepared.
+        newsletter.subject_template = "{{ 'x' * 100000 }}"
+        session.commit()
+    base = web_server(settings)
+    api = httpx.Client(base_url=f"{base}/api", headers={"Authorization": f"Bearer {TOKEN}"})
+    refused = api.post("/newsletters/daily/editions")
+    assert refused.status_code == 422
+    assert "subject" in refused.json()["detail"]
