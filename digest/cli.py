@@ -870,6 +870,25 @@ def inbound(mailbox: str | None) -> None:
     click.echo(f"{handled} messages handled: {summary}")
 
 
+OFF = "off"
+
+
+class _HourOrOff(click.ParamType):
+    """An hour of the day, or "off" to clear a setting saved before."""
+
+    name = "HOUR|off"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> object:
+        if isinstance(value, int) or str(value).lower() != OFF:
+            return click.IntRange(0, 23).convert(value, param, ctx)
+        return OFF
+
+
+_HOUR_OR_OFF = _HourOrOff()
+
+
 @main.group()
 def newsletters() -> None:
     """The lists readers subscribe to, each with its own schedule, sender and sections."""
@@ -884,13 +903,13 @@ def newsletters() -> None:
 @click.option("--sections", help="Comma-separated sections readers may choose from.")
 @click.option(
     "--send-hour-utc",
-    type=click.IntRange(0, 23),
-    help="Hour (UTC) the beat prepares the daily edition.",
+    type=_HOUR_OR_OFF,
+    help="Hour (UTC) the beat prepares the daily edition ('off': only by hand).",
 )
 @click.option(
     "--local-send-hour",
-    type=click.IntRange(0, 23),
-    help="Deliver at this hour in each reader's time zone.",
+    type=_HOUR_OR_OFF,
+    help="Deliver at this hour in each reader's time zone ('off': when prepared).",
 )
 @click.option(
     "--weekly-day", type=click.IntRange(0, 6), help="Weekday of weekly readers (0 = Monday)."
@@ -923,6 +942,9 @@ def newsletters_save(slug: str, **options: object) -> None:
     Subject and intro templates see: newsletter, date, date_text (in the locale), stories
     (each with title, section, summary), top (the first story) and count."""
     values = {key: value for key, value in options.items() if value is not None}
+    for key in ("send_hour_utc", "local_send_hour"):
+        if values.get(key) == OFF:
+            values[key] = None
     if "locale" in values:
         try:
             values["locale"] = check_locale(str(values["locale"]))

@@ -30,7 +30,9 @@ class EditionStatus:
     edition_id: int
     subject: str
     # preparing is not a state here: an edition exists only once its deliveries are written.
-    state: str  # held | sending | paused | sent | cancelled
+    # held | scheduled (every row left waits for its reader's local hour) | sending | paused |
+    # sent | cancelled
+    state: str
     total: int
     done: int
     counts: dict[str, int]
@@ -73,6 +75,8 @@ def edition_status(session: Session, edition_id: int, now: datetime) -> EditionS
         state = "sent"
     elif edition.paused_at is not None:
         state = "held" if edition.pause_reason == HELD else "paused"
+    elif waiting == remaining:
+        state = "scheduled"
     else:
         state = "sending"
     return EditionStatus(

@@ -126,7 +126,8 @@ _CONTROL_RESPONSES: dict[int | str, dict[str, Any]] = {
 @router.get("/editions/{edition_id}/status", responses={404: {"description": "No such edition"}})
 def get_edition_status(edition_id: int, session: DB) -> EditionStatus:
     """Progress, counts by delivery state, send rate over the last minute and ETA (null when
-    not sending). `state` is sending, paused, sent or cancelled."""
+    not sending). `state` is held, scheduled (all that is left waits for readers' local send
+    hour: see `waiting` and `next_local_send_at`), sending, paused, sent or cancelled."""
     return _control(edition_status, session, edition_id)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -17,7 +18,7 @@ from digest.config import Settings, load_settings
 from digest.db import session_factory
 from digest.edition_control import EditionStateError, cancel, edition_status, pause, resume
 from digest.editions import EditionNotFound
-from digest.models import DeliveryState, Edition, Newsletter, utcnow
+from digest.models import Delivery, DeliveryState, Edition, Newsletter, utcnow
 from tests.support import prepare_sample_edition, seed_sample_site, send_until_done, wait_until
 
 TOKEN = "control-test-token"
@@ -209,3 +210,19 @@ def test_a_subject_template_that_fails_is_a_422_not_a_500(env, web_server) -> No
     refused = api.post("/newsletters/daily/editions")
     assert refused.status_code == 422
     assert "subject" in refused.json()["detail"]
+
+
+def test_an_edition_whose_rows_all_wait_for_local_hours_is_scheduled(env) -> None:
+    settings = load_settings(env)
+    edition = prepare_sample_edition(settings, 3)
+    now = utcnow()
+    with _sessions(settings)() as session:
+        rows = session.scalars(select(Delivery).where(Delivery.edition_id == edition.id)).all()
+        for n, row in enumerate(rows):
+            row.not_before = now + timedelta(hours=n + 1)
+        session.commit()
+        status = edition_status(session, edition.id, now)
+        assert (status.state, status.waiting) == ("scheduled", 3)
+        assert status.next_local_send_at == now + timedelta(hours=1)
+        # Once the first bucket is due, the edition is sending again.
+        assert edition_status(session, edition.id, now + timedelta(hours=1)).state == "sending"

@@ -25,9 +25,15 @@ def test_newsletters_are_created_changed_and_checked(env) -> None:
     assert "local 07:00" in created.output and "World, Sport" in created.output
     changed = runner.invoke(main, ["newsletters", "save", "weekly", "--weekly-day", "4"], env=env)
     assert changed.exit_code == 0, changed.output
+    # A local send hour set once can be cleared again.
+    cleared = runner.invoke(
+        main, ["newsletters", "save", "weekly", "--local-send-hour", "off"], env=env
+    )
+    assert cleared.exit_code == 0 and "local" not in cleared.output, cleared.output
     for bad in (
         ["newsletters", "save", "new"],  # no name
         ["newsletters", "save", "weekly", "--local-send-hour", "24"],
+        ["newsletters", "save", "weekly", "--send-hour-utc", "never"],
         ["newsletters", "save", "weekly", "--template", "missing"],
         ["newsletters", "save", "weekly", "--from", "not an address"],
     ):
@@ -37,10 +43,11 @@ def test_newsletters_are_created_changed_and_checked(env) -> None:
     assert listed.output.startswith("weekly: The Week")
     with session_factory(load_settings(env).database_url)() as session:
         weekly = session.scalars(select(Newsletter)).one()
-        assert (weekly.weekly_day, weekly.reply_to, weekly.sections) == (
+        assert (weekly.weekly_day, weekly.reply_to, weekly.sections, weekly.local_send_hour) == (
             4,
             "desk@news.example.com",
             ["World", "Sport"],
+            None,
         )
 
 
