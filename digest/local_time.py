@@ -38,33 +38,38 @@ def schedule_local_sends(
     """Give the edition's deliveries their moment, one UPDATE per (time zone, send hour)
     bucket: the reader's own send hour, else the newsletter's local one; readers with neither
     are sent at once. Runs in the transaction that writes the deliveries, so an edition is
-    never seen half scheduled."""
+    never seen half scheduled.
+
+    The buckets are read first and each UPDATE matches readers by their zone and hour as they
+    are then, so a reader who moves to a zone nobody else is in between the two would be left
+    unscheduled (and sent at once): another pass over the rows still unscheduled takes them.
+    """
+    while _schedule_pass(session, edition_id, newsletter, now):
+        pass
+
+
+def _schedule_pass(session: Session, edition_id: int, newsletter: Newsletter, now: datetime) -> int:
+    """Schedule the deliveries without a moment yet; returns how many got one."""
+    unscheduled = and_(Delivery.edition_id == edition_id, Delivery.not_before.is_(None))
+    subscription = and_(
+        Subscription.subscriber_id == Subscriber.id,
+        Subscription.newsletter_id == newsletter.id,
+    )
     audience = (
         select(Subscriber.timezone, Subscription.send_hour)
         .join(Delivery, Delivery.subscriber_id == Subscriber.id)
-        .join(
-            Subscription,
-            and_(
-                Subscription.subscriber_id == Subscriber.id,
-                Subscription.newsletter_id == newsletter.id,
-            ),
-        )
-        .where(Delivery.edition_id == edition_id)
+        .join(Subscription, subscription)
+        .where(unscheduled)
         .distinct()
     )
+    scheduled = 0
     for timezone, own_hour in session.execute(audience).all():
         hour = own_hour if own_hour is not None else newsletter.local_send_hour
         if hour is None:
             continue
         members = (
             select(Subscriber.id)
-            .join(
-                Subscription,
-                and_(
-                    Subscription.subscriber_id == Subscriber.id,
-                    Subscription.newsletter_id == newsletter.id,
-                ),
-            )
+            .join(Subscription, subscription)
             .where(
                 Subscriber.timezone == timezone,
                 Subscription.send_hour.is_(None)
@@ -72,9 +77,11 @@ def schedule_local_sends(
                 else Subscription.send_hour == own_hour,
             )
         )
-        session.execute(
+        result = session.execute(
             update(Delivery)
-            .where(Delivery.edition_id == edition_id, Delivery.subscriber_id.in_(members))
+            .where(unscheduled, Delivery.subscriber_id.in_(members))
             .values(not_before=next_local_hour(now, timezone, hour))
             .execution_options(synchronize_session=False)
         )
+        scheduled += result.rowcount  # type: ignore[attr-defined]
+    return scheduled

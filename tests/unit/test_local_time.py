@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from digest import sending
 from digest.config import Settings
@@ -158,3 +158,37 @@ def _pool(session, edition_id: int) -> set[int]:
     session.expire_all()
     content = session.get_one(Edition, edition_id).content
     return {item["story_id"] for block in content["blocks"] for item in block["items"]}
+
+
+def test_a_reader_who_moves_zone_while_buckets_are_written_is_still_scheduled(
+    sqlite_settings: Settings,
+) -> None:
+    sessions = session_factory(sqlite_settings.database_url)
+    newsletter_id = seed_sample_site(sqlite_settings, 3)
+    now = utcnow()
+    later = (now.hour + 3) % 24
+    moved = False
+
+    def move_reader_3(conn, cursor, statement, *_: object) -> None:
+        # Between reading the buckets and writing the first one, reader 3 moves to a zone no
+        # other reader is in.
+        nonlocal moved
+        if not moved and statement.startswith("UPDATE deliveries"):
+            moved = True
+            cursor.connection.execute(
+                "UPDATE subscribers SET timezone = 'Pacific/Chatham' WHERE id = 3"
+            )
+
+    with sessions() as session:
+        newsletter = session.get_one(Newsletter, newsletter_id)
+        newsletter.local_send_hour = later
+        session.commit()
+        event.listen(session.get_bind(), "before_cursor_execute", move_reader_3)
+        try:
+            prepare_edition(session, newsletter, now.date(), now)
+        finally:
+            event.remove(session.get_bind(), "before_cursor_execute", move_reader_3)
+        moments = dict(session.execute(select(Delivery.subscriber_id, Delivery.not_before)).all())
+    assert moved
+    assert moments[3] == next_local_hour(now, "Pacific/Chatham", later)
+    assert moments[1] == moments[2] == next_local_hour(now, "UTC", later)
