@@ -48,7 +48,6 @@ from digest.mail import TransportError
 from digest.mailboxes import MailboxError
 from digest.models import (
     FINAL_DELIVERY_STATES,
-    AccountStatus,
     DeliveryState,
     Edition,
     Newsletter,
@@ -67,15 +66,14 @@ from digest.sample_site import demo_newsletter, register_sample_sources
 from digest.screenshots import ScreenshotError
 from digest.sending import delivery_counts
 from digest.social.accounts import (
+    BOUNDS,
     PLATFORMS,
     AccountError,
     PostingSettings,
-    client_for,
     connect,
+    instance_limit,
     update_settings,
 )
-from digest.social.clients.mastodon import MastodonClient
-from digest.social.platform import PlatformError
 from digest.social.posting import images_from, publish, thumbnail_fetcher
 from digest.social.queue import (
     QueueError,
@@ -99,7 +97,7 @@ from digest.subscriber_csv import (
 )
 from digest.subscriptions import InvalidAddress, normalise_email
 from digest.sunset import run_sunset
-from digest.tokens import TokenSigner
+from digest.tokens import MAX_ID
 
 DEMO_WAIT_SECONDS = 180
 
@@ -1015,8 +1013,8 @@ def social() -> None:
     """Social accounts, their posting queue, and posts."""
 
 
-def _sharing(settings: Settings) -> Sharing:
-    return Sharing(settings.base_url, TokenSigner(settings.secret_keys))
+# A row id: larger numbers cannot name a row, and would fail the query instead.
+_ID = click.IntRange(1, MAX_ID)
 
 
 def _when(moment: datetime | None) -> str:
@@ -1025,8 +1023,8 @@ def _when(moment: datetime | None) -> str:
 
 def _story_arg(session: Session, story: str) -> Story:
     """A story by id or by URL."""
-    if story.isdigit():
-        found = session.get(Story, int(story))
+    if story.isascii() and story.isdigit():
+        found = session.get(Story, int(story)) if int(story) <= MAX_ID else None
         if found is None:
             raise click.ClickException(f"there is no story {story}")
         return found
@@ -1040,20 +1038,28 @@ def _posting_settings(**options: object) -> PostingSettings:
 _posting_options = [
     click.option("--timezone", help="The account's time zone for slots and the daily cap."),
     click.option("--slots", help='Posting times, local: "08:00,12:30,17:00" ("" for none).'),
-    click.option("--daily-cap", type=click.IntRange(0), help="Posts per local day."),
+    click.option(
+        "--daily-cap", type=click.IntRange(*BOUNDS["daily_cap"]), help="Posts per local day."
+    ),
     click.option(
         "--approval/--no-approval", default=None, help="Hold posts for an editor's approval."
     ),
     click.option(
         "--expiry-minutes",
-        type=click.IntRange(1),
+        type=click.IntRange(*BOUNDS["expiry_minutes"]),
         help="Drop a post not made this long after its time.",
     ),
     click.option(
-        "--reshare-days", type=click.IntRange(0), help="Re-share evergreen stories (0: never)."
+        "--reshare-days",
+        type=click.IntRange(*BOUNDS["reshare_days"]),
+        help="Re-share evergreen stories (0: never).",
     ),
     click.option("--utm-campaign", help="utm_campaign of the account's links."),
-    click.option("--max-characters", type=click.IntRange(1), help="The account's length limit."),
+    click.option(
+        "--max-characters",
+        type=click.IntRange(*BOUNDS["max_characters"]),
+        help="The account's length limit.",
+    ),
 ]
 
 
@@ -1115,24 +1121,16 @@ def social_connect(
                 credentials,
                 base_url=base_url,
                 settings=_posting_settings(**options),
+                now=utcnow(),
             )
         except AccountError as exc:
             raise click.ClickException(str(exc)) from exc
-        if platform == "mastodon" and options.get("max_characters") is None:
-            account.max_characters = _mastodon_limit(account, vault, settings)
+        if options.get("max_characters") is None:
+            said = instance_limit(account, vault, session_factory(settings.database_url))
+            if said:
+                click.echo(said)
         session.commit()
         click.echo(_account_line(account))
-
-
-def _mastodon_limit(account: SocialAccount, vault: Vault, settings: Settings) -> int | None:
-    """The instance's own status length, asked once at connect time."""
-    client = client_for(account, vault, session_factory(settings.database_url), timeout=10)
-    assert isinstance(client, MastodonClient)
-    try:
-        return client.instance_limits().max_characters
-    except PlatformError as exc:
-        click.echo(f"warning: the instance's length limit is unknown ({exc.message}); 500 used")
-        return None
 
 
 def _account_line(a: SocialAccount) -> str:
@@ -1161,22 +1159,18 @@ def social_accounts() -> None:
 
 
 @social.command("set")
-@click.argument("account_id", type=int)
+@click.argument("account_id", type=_ID)
 @click.option("--pause/--resume", "paused", default=None, help="Stop or restart posting.")
 @_with_posting_options
 def social_set(account_id: int, paused: bool | None, **options: object) -> None:
     """Change an account's posting settings."""
     with _session(_settings()) as session:
         try:
-            account = update_settings(session, account_id, _posting_settings(**options))
+            account = update_settings(
+                session, account_id, _posting_settings(**options), utcnow(), paused=paused
+            )
         except AccountError as exc:
             raise click.ClickException(str(exc)) from exc
-        if paused is not None:
-            if account.status is AccountStatus.REAUTH:
-                raise click.ClickException(
-                    "the account needs its credentials again: `digest social connect`"
-                )
-            account.status = AccountStatus.PAUSED if paused else AccountStatus.ACTIVE
         session.commit()
         click.echo(_account_line(account))
 
@@ -1188,7 +1182,7 @@ def social_preview(story: str) -> None:
     settings = _settings()
     with _session(settings) as session:
         found = _story_arg(session, story)
-        for preview in previews(session, _sharing(settings), found.id):
+        for preview in previews(session, Sharing.of(settings), found.id):
             mark = "" if preview.fits else "  DOES NOT FIT"
             click.echo(f"── {preview.target}: {preview.length}{mark}")
             if preview.text:
@@ -1198,7 +1192,7 @@ def social_preview(story: str) -> None:
 
 @social.command("post")
 @click.argument("story")
-@click.option("--account", "account_id", type=int, required=True, help="The account's id.")
+@click.option("--account", "account_id", type=_ID, required=True, help="The account's id.")
 @click.option("--again", is_flag=True, help="Post it even though it was posted there before.")
 def social_post(story: str, account_id: int, again: bool) -> None:
     """Post STORY (an id or URL) to an account now, outside its slots and cap."""
@@ -1208,7 +1202,7 @@ def social_post(story: str, account_id: int, again: bool) -> None:
         found = _story_arg(session, story)
         try:
             post = post_now(
-                session, _sharing(settings), account_id, found.id, utcnow(), again=again
+                session, Sharing.of(settings), account_id, found.id, utcnow(), again=again
             )
         except (QueueError, AccountError) as exc:
             raise click.ClickException(str(exc)) from exc
@@ -1239,7 +1233,7 @@ def social_post(story: str, account_id: int, again: bool) -> None:
 
 
 @social.command("queue")
-@click.option("--account", "account_id", type=int, help="Only this account.")
+@click.option("--account", "account_id", type=_ID, help="Only this account.")
 def social_queue(account_id: int | None) -> None:
     """What is waiting, under way and recently done, and what each account does next."""
     now = utcnow()
@@ -1270,7 +1264,7 @@ def social_queue(account_id: int | None) -> None:
 
 
 @social.command("approve")
-@click.argument("post_ids", type=int, nargs=-1, required=True)
+@click.argument("post_ids", type=_ID, nargs=-1, required=True)
 def social_approve(post_ids: tuple[int, ...]) -> None:
     """Let waiting posts go out at their time."""
     with _session(_settings()) as session:
@@ -1279,7 +1273,7 @@ def social_approve(post_ids: tuple[int, ...]) -> None:
 
 
 @social.command("skip")
-@click.argument("post_ids", type=int, nargs=-1, required=True)
+@click.argument("post_ids", type=_ID, nargs=-1, required=True)
 def social_skip(post_ids: tuple[int, ...]) -> None:
     """Turn down posts that have not gone out."""
     with _session(_settings()) as session:

@@ -558,6 +558,9 @@ class SocialAccount(Base):
     retry_at: Mapped[datetime | None]
     # The last posting slot taken; claiming a slot moves it, so a slot is filled once.
     last_slot_at: Mapped[datetime | None]
+    # When the account was connected or last resumed: must-reads from before then are not
+    # posted all at once (None: since it was created, before this column).
+    active_since: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -18,13 +18,12 @@ from digest.mail import TransportUnavailable
 from digest.models import Source, utcnow
 from digest.social import posting, queue
 from digest.sunset import run_sunset
-from digest.tokens import TokenSigner
 from digest.tracking import purge_personal_data
 from tasks.app import app, sessions, settings
 from tasks.social import post_social
 
 log = get_task_logger(__name__)
-sharing = queue.Sharing(settings.base_url, TokenSigner(settings.secret_keys))
+sharing = queue.Sharing.of(settings)
 
 
 @app.task(name="digest.tick")

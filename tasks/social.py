@@ -24,6 +24,11 @@ vault = Vault(settings.secret_keys)
     retry_backoff_max=120,
     retry_jitter=True,
     max_retries=5,
+    # Well inside the post's lease (digest.social.posting.LEASE): a post is never taken over
+    # while this task may still be calling the platform. The soft limit lets it note that
+    # it was stopped mid-call (read back before any retry).
+    time_limit=posting.TASK_TIME_LIMIT,
+    soft_time_limit=posting.TASK_TIME_LIMIT - 20,
 )
 def post_social(post_id: int) -> None:
     with log_context(social_post_id=post_id), posting.thumbnail_fetcher(settings) as fetcher:

@@ -11,7 +11,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import time
+from datetime import datetime, time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,7 +28,7 @@ from digest.social.clients.slack import SlackClient
 from digest.social.clients.telegram import TelegramClient
 from digest.social.clients.threads import ThreadsClient
 from digest.social.clients.x import XClient
-from digest.social.platform import Account, Client
+from digest.social.platform import Account, Client, PlatformError
 from digest.social.vault import Vault
 from digest.subscriptions import check_timezone
 
@@ -124,6 +124,17 @@ class PostingSettings:
     max_characters: int | None = None
 
 
+# (lowest, highest) of each number an editor sets: past these a setting is surely a mistake,
+# and dates computed from it would leave the calendar.
+BOUNDS: dict[str, tuple[int, int]] = {
+    "daily_cap": (0, 1000),
+    "expiry_minutes": (1, 7 * 24 * 60),
+    # 0 switches evergreen re-sharing off.
+    "reshare_days": (0, 3650),
+    "max_characters": (1, 1_000_000),
+}
+
+
 def _apply(account: SocialAccount, settings: PostingSettings) -> None:
     if settings.timezone is not None:
         try:
@@ -132,17 +143,14 @@ def _apply(account: SocialAccount, settings: PostingSettings) -> None:
             raise AccountError(str(exc)) from None
     if settings.slots is not None:
         account.slots = format_slots(parse_slots(settings.slots))
-    for name, low in (("daily_cap", 0), ("expiry_minutes", 1), ("max_characters", 1)):
+    for name, (low, high) in BOUNDS.items():
         value = getattr(settings, name)
         if value is not None:
-            if value < low:
-                raise AccountError(f"{name.replace('_', ' ')} must be at least {low}")
+            if not low <= value <= high:
+                raise AccountError(f"{name.replace('_', ' ')} must be {low} to {high:,}")
+            if name == "reshare_days" and value == 0:
+                value = None
             setattr(account, name, value)
-    if settings.reshare_days is not None:
-        # 0 switches evergreen re-sharing off.
-        if settings.reshare_days < 0:
-            raise AccountError("reshare days must be 0 (off) or more")
-        account.reshare_days = settings.reshare_days or None
     if settings.approval is not None:
         account.approval = settings.approval
     if settings.utm_campaign is not None:
@@ -161,9 +169,11 @@ def connect(
     *,
     base_url: str | None = None,
     settings: PostingSettings = PostingSettings(),
+    now: datetime,
 ) -> SocialAccount:
-    """Add an account, or replace the credentials of an existing one (a reconnect also ends
-    a REAUTH stop). Nothing is stored when anything is missing or malformed."""
+    """Add an account, or replace the credentials of an existing one (a reconnect ends a
+    REAUTH stop; a paused account stays paused). Nothing is stored when anything is missing or
+    malformed."""
     info = PLATFORMS.get(platform)
     if info is None:
         raise AccountError(f"unknown platform {platform!r}; one of: {', '.join(PLATFORMS)}")
@@ -190,22 +200,60 @@ def connect(
         )
     )
     if account is None:
-        account = SocialAccount(platform=platform, handle=handle)
+        account = SocialAccount(platform=platform, handle=handle, status=AccountStatus.ACTIVE)
         session.add(account)
     account.base_url = check_base_url(base_url) if base_url else None
     account.credentials = vault.seal(credentials)
+    if account.status is not AccountStatus.PAUSED:
+        _activate(account, now)
+    _apply(account, settings)
+    session.flush()
+    return account
+
+
+def _activate(account: SocialAccount, now: datetime) -> None:
     account.status = AccountStatus.ACTIVE
     account.status_reason = None
-    _apply(account, settings)
-    session.flush()
-    return account
+    account.active_since = now
 
 
-def update_settings(session: Session, account_id: int, settings: PostingSettings) -> SocialAccount:
+def update_settings(
+    session: Session,
+    account_id: int,
+    settings: PostingSettings,
+    now: datetime,
+    *,
+    paused: bool | None = None,
+) -> SocialAccount:
+    """Change the settings given; ``paused`` stops or restarts posting (an account waiting
+    for new credentials can only be restarted by connecting it again)."""
     account = load_account(session, account_id)
     _apply(account, settings)
+    if paused is not None:
+        if account.status is AccountStatus.REAUTH:
+            raise AccountError(
+                f"account {account.id} needs its credentials again: connect it"
+                + (f" ({account.status_reason})" if account.status_reason else "")
+            )
+        if paused:
+            account.status = AccountStatus.PAUSED
+        elif account.status is AccountStatus.PAUSED:
+            _activate(account, now)
     session.flush()
     return account
+
+
+def instance_limit(account: SocialAccount, vault: Vault, sessions: sessionmaker[Session]) -> str:
+    """Ask a Mastodon instance for its own status length and store it on the account;
+    returns what happened, for the editor."""
+    client = client_for(account, vault, sessions, timeout=10)
+    if not isinstance(client, MastodonClient):
+        return ""
+    try:
+        account.max_characters = client.instance_limits().max_characters
+    except PlatformError as exc:
+        return f"the instance's length limit is unknown ({exc.message}); 500 is used"
+    return f"the instance allows {account.max_characters:,} characters"
 
 
 def load_account(session: Session, account_id: int) -> SocialAccount:
@@ -231,15 +279,22 @@ def client_for(
     """The account's client. Credentials a client renews are sealed and stored at once, in
     their own transaction: a session the platform issued must survive a post that fails."""
     account_id = account.id
+    stored = account.credentials
 
     def store(credentials: Mapping[str, Any]) -> None:
+        # Only over what this client was built from: credentials an editor entered meanwhile
+        # win over a session renewed with the old ones.
+        nonlocal stored
+        sealed = vault.seal(credentials)
         with sessions() as session:
-            session.execute(
+            result = session.execute(
                 update(SocialAccount)
-                .where(SocialAccount.id == account_id)
-                .values(credentials=vault.seal(credentials))
+                .where(SocialAccount.id == account_id, SocialAccount.credentials == stored)
+                .values(credentials=sealed)
             )
             session.commit()
+        if result.rowcount == 1:  # type: ignore[attr-defined]
+            stored = sealed
 
     client: Callable[..., Client] = PLATFORMS[account.platform].client
     return client(

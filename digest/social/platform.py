@@ -86,7 +86,8 @@ class Account:
 
     handle: str
     base_url: str
-    credentials: dict[str, Any]
+    # Never in a repr: a traceback or a log line that shows the account must not show these.
+    credentials: dict[str, Any] = field(repr=False)
     on_credentials: Callable[[Mapping[str, Any]], None] = field(default=lambda _c: None)
 
 

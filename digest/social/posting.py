@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import exists, update
+from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from digest.config import Settings
@@ -44,10 +44,14 @@ from digest.social.vault import CredentialsUnreadable, Vault
 
 log = logging.getLogger(__name__)
 
-# Long enough for the slowest post (a Bluesky login, a thumbnail upload, the record: a few
-# calls of at most TIMEOUT each), short enough that a dead worker's post is read back soon.
+# Each call to a platform waits at most this long for each answer.
 TIMEOUT = 20.0
-LEASE = timedelta(minutes=3)
+# The task that posts is killed after this (tasks/social.py): the slowest post is a Bluesky
+# login, a thumbnail upload and the record, a few calls of TIMEOUT each.
+TASK_TIME_LIMIT = 150
+# A claimed post is taken over (and read back) only after this: well past the task's time
+# limit and the next tick, so no post is taken over while its worker may still be calling.
+LEASE = timedelta(minutes=10)
 MAX_ATTEMPTS = 8
 BACKOFF_MAX = 3600.0
 
@@ -91,8 +95,13 @@ class Result:
 def backoff(attempts: int, base: float) -> timedelta:
     """Exponential with jitter: ``base``, twice that, four times … at most an hour; each
     between half and the whole, so posts that failed together do not retry together."""
-    ceiling = min(BACKOFF_MAX, base * 2 ** max(0, attempts - 1))
+    ceiling = read_back_delay(attempts, base).total_seconds()
     return timedelta(seconds=random.uniform(ceiling / 2, ceiling))
+
+
+def read_back_delay(attempts: int, base: float) -> timedelta:
+    """The whole of the backoff, no jitter: a read-back gives the post time to show."""
+    return timedelta(seconds=min(BACKOFF_MAX, base * 2 ** max(0, attempts - 1)))
 
 
 def recover(session: Session, now: datetime) -> int:
@@ -113,18 +122,27 @@ def recover(session: Session, now: datetime) -> int:
     return result.rowcount  # type: ignore[attr-defined, no-any-return]
 
 
-def claim(session: Session, post_id: int, now: datetime) -> datetime | None:
-    """Claim the post for this worker; its lease end (the fencing token for the outcome's
+def claim(session: Session, post_id: int, now: datetime) -> int | None:
+    """Claim the post for this worker; its attempt number (the fence for the outcome's
     write), or None when it is not claimable (posted, being posted, not due, account held).
-    One post per account at a time: platforms count rate limits per account."""
-    lease = now + LEASE
+
+    One post per account at a time, as platforms count rate limits per account: on
+    PostgreSQL the account's row is locked first, so two claims on one account run one after
+    the other and the second sees the first's post as busy (SQLite runs one writer anyway).
+    """
+    account_id = session.scalar(select(SocialPost.account_id).where(SocialPost.id == post_id))
+    if account_id is None:
+        return None
+    session.execute(
+        select(SocialAccount.id).where(SocialAccount.id == account_id).with_for_update()
+    )
     busy = aliased(SocialPost)
     account_free = ~exists().where(
-        busy.account_id == SocialPost.account_id,
+        busy.account_id == account_id,
         busy.state == SocialPostState.POSTING,
         busy.lease_until >= now,
     )
-    result = session.execute(
+    attempt = session.scalar(
         update(SocialPost)
         .where(
             SocialPost.id == post_id,
@@ -134,13 +152,13 @@ def claim(session: Session, post_id: int, now: datetime) -> datetime | None:
         )
         .values(
             state=SocialPostState.POSTING,
-            lease_until=lease,
+            lease_until=now + LEASE,
             attempts=SocialPost.attempts + 1,
         )
-        .execution_options(synchronize_session=False)
+        .returning(SocialPost.attempts)
     )
     session.commit()
-    return lease if result.rowcount == 1 else None  # type: ignore[attr-defined]
+    return attempt
 
 
 def _card(post: SocialPost, story: Story, images: ImageLoader | None) -> LinkCard:
@@ -161,6 +179,19 @@ def post_key(post: SocialPost) -> str:
     return f"account-{post.account_id}/story-{post.story_id}/{post.variant}"
 
 
+@dataclass(frozen=True)
+class _Change:
+    state: SocialPostState
+    message: str
+    verify: bool | None = None
+    next_attempt_at: datetime | None = None
+    published: Published | None = None
+    # The account stops posting until it is connected again.
+    reauth: bool = False
+    # The platform asked the whole account to wait until then.
+    hold_until: datetime | None = None
+
+
 def publish(
     sessions: sessionmaker[Session],
     vault: Vault,
@@ -172,123 +203,123 @@ def publish(
     retry_seconds: float = 60.0,
 ) -> Result | None:
     """Claim and make post ``post_id``; None when it was not claimable. A retry waits about
-    ``retry_seconds`` (DIGEST_SOCIAL_RETRY_SECONDS), doubling with each attempt; a read-back
-    after an unclear failure waits at least that, so the post has time to show."""
+    ``retry_seconds`` (DIGEST_SOCIAL_RETRY_SECONDS), doubling with each attempt."""
     now = now or utcnow()
     with sessions() as session:
-        lease = claim(session, post_id, now)
-        if lease is None:
+        attempt = claim(session, post_id, now)
+        if attempt is None:
             return None
         row = session.get_one(SocialPost, post_id)
         account = session.get_one(SocialAccount, row.account_id)
         story = session.get_one(Story, row.story_id)
-        verify = row.verify
+        credentials = account.credentials
+        stale = row.scheduled_for is not None and now - row.scheduled_for > timedelta(
+            minutes=account.expiry_minutes
+        )
         try:
             client: Client = client_for(account, vault, sessions, timeout=timeout)
         except CredentialsUnreadable as exc:
-            return _finish(session, row, lease, _reauth(account, str(exc)), now)
+            # The keys are wrong (a deploy with the new key missing), not the credentials:
+            # nothing was sent; the post waits, and the account is not stopped.
+            log.error("social account %s: %s", account.id, exc)
+            change = _Change(
+                SocialPostState.QUEUED,
+                str(exc),
+                next_attempt_at=now + backoff(row.attempts, retry_seconds),
+            )
+            return _finish(sessions, row, attempt, credentials, change, now)
         session.commit()  # nothing is held open during the platform's calls
+    if stale and not row.verify:
+        # Its time has passed (the claim came from an old broker message, or an editor's
+        # post-now long ago): nothing was sent, and a late post is what expiry prevents.
+        change = _Change(
+            SocialPostState.EXPIRED,
+            f"not posted within {account.expiry_minutes} minutes of its time "
+            "(the account's expiry)",
+        )
+        return _finish(sessions, row, attempt, credentials, change, now)
     uploads = PLATFORMS[account.platform].uploads_thumbnail
     post = Post(
         key=post_key(row), text=row.text, card=_card(row, story, images if uploads else None)
     )
-    reading_back = verify
+    reading_back = row.verify
     try:
-        published: Published | None = client.find_published(post) if verify else None
+        published: Published | None = client.find_published(post) if row.verify else None
         reading_back = False
+        if published is None and stale:
+            change = _Change(
+                SocialPostState.EXPIRED,
+                "read back and not found, and past the account's expiry: not posted late",
+                verify=False,
+            )
+            return _finish(sessions, row, attempt, credentials, change, now)
         if published is None:
             published = client.publish(post)
     except PlatformError as exc:
-        with sessions() as session:
-            row = session.get_one(SocialPost, post_id)
-            account = session.get_one(SocialAccount, row.account_id)
-            change = _failed(row, account, exc, reading_back, now, retry_seconds)
-            return _finish(session, row, lease, change, now)
+        change = _failed(row, exc, reading_back, now, retry_seconds)
+        return _finish(sessions, row, attempt, credentials, change, now)
     except Exception:
         # A bug or an unexpected answer: it may have happened after the post was made.
-        with sessions() as session:
-            row = session.get_one(SocialPost, post_id)
-            _finish(
-                session,
-                row,
-                lease,
-                _Change(
-                    SocialPostState.QUEUED,
-                    "unexpected error while posting; reading back before any retry",
-                    verify=True,
-                    next_attempt_at=now + backoff(row.attempts, retry_seconds),
-                ),
-                now,
-            )
-        raise
-    with sessions() as session:
-        row = session.get_one(SocialPost, post_id)
-        return _finish(
-            session,
-            row,
-            lease,
-            _Change(SocialPostState.POSTED, "", published=published),
-            now,
+        change = _Change(
+            SocialPostState.QUEUED,
+            "unexpected error while posting; reading back before any retry",
+            verify=True,
+            next_attempt_at=now + read_back_delay(row.attempts, retry_seconds),
         )
-
-
-@dataclass(frozen=True)
-class _Change:
-    state: SocialPostState
-    message: str
-    verify: bool | None = None
-    next_attempt_at: datetime | None = None
-    published: Published | None = None
-
-
-def _reauth(account: SocialAccount, message: str) -> _Change:
-    account.status = AccountStatus.REAUTH
-    account.status_reason = message
-    return _Change(SocialPostState.QUEUED, message)
+        _finish(sessions, row, attempt, credentials, change, now)
+        raise
+    change = _Change(SocialPostState.POSTED, "", published=published)
+    return _finish(sessions, row, attempt, credentials, change, now)
 
 
 def _failed(
     row: SocialPost,
-    account: SocialAccount,
     exc: PlatformError,
     reading_back: bool,
     now: datetime,
     retry_seconds: float,
 ) -> _Change:
     message = exc.message
+    exhausted = row.attempts >= MAX_ATTEMPTS
+    if reading_back and (exc.outcome in (Outcome.UNCLEAR, Outcome.GIVE_UP) or exhausted):
+        # The read-back itself cannot tell, and an earlier attempt may have landed: only a
+        # person looking at the account can say.
+        return _Change(SocialPostState.UNKNOWN, message, verify=False)
     if exc.outcome is Outcome.UNCLEAR:
-        if reading_back:
-            # The read-back itself cannot tell: only a person can.
-            return _Change(SocialPostState.UNKNOWN, message, verify=False)
         return _Change(
             SocialPostState.QUEUED,
             message,
             verify=True,
-            next_attempt_at=now
-            + max(timedelta(seconds=retry_seconds), backoff(row.attempts, retry_seconds)),
+            next_attempt_at=now + read_back_delay(row.attempts, retry_seconds),
         )
     if exc.outcome is Outcome.REAUTH:
-        log.warning("social account %s needs reconnecting: %s", account.id, message)
-        return _reauth(account, message)
+        return _Change(SocialPostState.QUEUED, message, reauth=True)
     if exc.outcome is Outcome.GIVE_UP:
         return _Change(SocialPostState.FAILED, message)
     # RETRY
-    if row.attempts >= MAX_ATTEMPTS:
+    if exhausted:
         return _Change(SocialPostState.FAILED, f"gave up after {row.attempts} attempts: {message}")
     wait = backoff(row.attempts, retry_seconds)
+    hold = None
     if exc.retry_after is not None:
         # The platform's wait holds for the whole account: its limits are per account.
-        asked = timedelta(seconds=exc.retry_after)
-        account.retry_at = max(account.retry_at or now, now + asked)
-        wait = max(wait, asked)
-    return _Change(SocialPostState.QUEUED, message, next_attempt_at=now + wait)
+        hold = now + timedelta(seconds=exc.retry_after)
+        wait = max(wait, hold - now)
+    return _Change(SocialPostState.QUEUED, message, next_attempt_at=now + wait, hold_until=hold)
 
 
 def _finish(
-    session: Session, row: SocialPost, lease: datetime, change: _Change, now: datetime
+    sessions: sessionmaker[Session],
+    row: SocialPost,
+    attempt: int,
+    credentials: bytes | None,
+    change: _Change,
+    now: datetime,
 ) -> Result:
-    """Write the outcome, fenced by the lease: if the lease ran out and another worker took
-    the post over meanwhile, this worker's write is dropped (theirs stands)."""
+    """Write the outcome, fenced by the attempt number: if this worker's lease ran out and
+    another worker took the post over, this write is dropped (theirs stands). A success also
+    lands on a post that was requeued for a read-back nobody has started: it is the answer
+    that read-back would find."""
     values: dict[str, object] = {
         "state": change.state,
         "lease_until": None,
@@ -305,22 +336,48 @@ def _finish(
             posted_at=now,
             verify=False,
         )
-    result = session.execute(
-        update(SocialPost)
-        .where(
-            SocialPost.id == row.id,
-            SocialPost.state == SocialPostState.POSTING,
-            SocialPost.lease_until == lease,
-        )
-        .values(**values)
-        .execution_options(synchronize_session=False)
+    ours = or_(
+        SocialPost.state == SocialPostState.POSTING,
+        and_(
+            change.published is not None,
+            SocialPost.state == SocialPostState.QUEUED,
+            SocialPost.verify.is_(True),
+        ),
     )
-    if result.rowcount != 1:  # type: ignore[attr-defined]
-        session.rollback()
-        log.warning(
-            "social post %s: lease lost before its outcome (%s) was written", row.id, change.state
+    with sessions() as session:
+        result = session.execute(
+            update(SocialPost)
+            .where(SocialPost.id == row.id, SocialPost.attempts == attempt, ours)
+            .values(**values)
+            .execution_options(synchronize_session=False)
         )
-        return Result(change.state, "lease lost")
-    session.commit()
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            session.rollback()
+            log.warning(
+                "social post %s: taken over before its outcome (%s) was written",
+                row.id,
+                change.state.value,
+            )
+            return Result(change.state, "taken over by another worker")
+        account = update(SocialAccount).where(SocialAccount.id == row.account_id)
+        if change.reauth:
+            # Only over the credentials this attempt used: a reconnect meanwhile stands.
+            log.warning("social account %s needs reconnecting: %s", row.account_id, change.message)
+            session.execute(
+                account.where(
+                    SocialAccount.credentials == credentials,
+                    SocialAccount.status == AccountStatus.ACTIVE,
+                ).values(status=AccountStatus.REAUTH, status_reason=change.message)
+            )
+        if change.hold_until is not None:
+            session.execute(
+                account.where(
+                    or_(
+                        SocialAccount.retry_at.is_(None),
+                        SocialAccount.retry_at < change.hold_until,
+                    )
+                ).values(retry_at=change.hold_until)
+            )
+        session.commit()
     log.info("social post %s: %s %s", row.id, change.state.value, change.message)
     return Result(change.state, change.message)

@@ -28,6 +28,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from digest.config import Settings
 from digest.db import upsert_insert
 from digest.models import (
     AccountStatus,
@@ -62,10 +63,18 @@ COUNTED = (
     SocialPostState.UNKNOWN,
 )
 WAITING = (SocialPostState.AWAITING_APPROVAL, SocialPostState.QUEUED)
+MAY_HAVE_LANDED = (
+    "an earlier attempt may have landed and was not read back: look at the account before "
+    "posting it again"
+)
 
 
 class QueueError(ValueError):
     """An editor's request cannot be carried out; the message says why and what to do."""
+
+
+class StoryNotFound(QueueError, LookupError):
+    """There is no story with this id."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,10 @@ class Sharing:
 
     base_url: str
     signer: TokenSigner
+
+    @classmethod
+    def of(cls, settings: Settings) -> Sharing:
+        return cls(settings.base_url, TokenSigner(settings.secret_keys))
 
     def url(self, link_id: int) -> str:
         return f"{self.base_url.rstrip('/')}/c/{self.signer.click_token(link_id, None)}"
@@ -165,13 +178,21 @@ def _must_reads(session: Session, account: SocialAccount, now: datetime) -> list
             )
         )
     )
+    # Only what arrived while the account was active: connecting or resuming it must not post
+    # a day's must-reads at once.
+    since = max(now - FRESH, account.active_since or account.created_at)
+    pinned_since = account.active_since or account.created_at
     return [
         story
         for story in candidates
         if story.id not in taken
         and (
-            (story.pinned_until is not None and story.pinned_until > now)
-            or story.first_seen_at >= now - FRESH
+            story.first_seen_at >= since
+            or (
+                story.pinned_until is not None
+                and story.pinned_until > now
+                and story.first_seen_at >= pinned_since
+            )
         )
     ]
 
@@ -194,14 +215,21 @@ def _evergreen(session: Session, account: SocialAccount, now: datetime) -> tuple
     than the account's ``reshare_days``; with the variant its new row takes."""
     if not account.reshare_days:
         return None
+    # Every row counts as a share for the interval, whatever became of it (a failed or
+    # expired one is not retried daily), and a story an editor skipped is not brought back.
     last = (
         select(
             SocialPost.story_id,
             func.max(func.coalesce(SocialPost.posted_at, SocialPost.scheduled_for)).label("at"),
         )
-        .where(SocialPost.account_id == account.id, SocialPost.state.in_(COUNTED))
+        .where(SocialPost.account_id == account.id)
         .group_by(SocialPost.story_id)
         .subquery()
+    )
+    skipped = exists().where(
+        SocialPost.account_id == account.id,
+        SocialPost.story_id == Story.id,
+        SocialPost.state == SocialPostState.SKIPPED,
     )
     row = session.execute(
         select(Story, last.c.at)
@@ -209,6 +237,7 @@ def _evergreen(session: Session, account: SocialAccount, now: datetime) -> tuple
         .where(
             Story.evergreen.is_(True),
             Story.published_at <= now,
+            ~skipped,
             or_(last.c.at.is_(None), last.c.at < now - timedelta(days=account.reshare_days)),
         )
         .order_by(last.c.at.is_not(None), last.c.at, Story.published_at.desc(), Story.id)
@@ -306,26 +335,41 @@ def plan(session: Session, sharing: Sharing, now: datetime) -> int:
         ).first()
         if account is None:
             continue  # another tick is planning this account
-        _expire(session, account, now)
-        if account.status is AccountStatus.ACTIVE:
-            written += _plan_account(session, sharing, account, now)
-        session.commit()
+        try:
+            _expire(session, account, now)
+            if account.status is AccountStatus.ACTIVE:
+                written += _plan_account(session, sharing, account, now)
+            session.commit()
+        except Exception:
+            # One account's trouble (a row edited by hand, a bug) must not stop the others,
+            # nor the tick's email work that runs after this.
+            session.rollback()
+            log.exception(
+                "planning social account %s failed; the next tick tries again", account_id
+            )
     return written
 
 
 def _expire(session: Session, account: SocialAccount, now: datetime) -> None:
     minutes = account.expiry_minutes
+    stale = and_(
+        SocialPost.account_id == account.id,
+        SocialPost.state.in_(WAITING),
+        SocialPost.scheduled_for < now - timedelta(minutes=minutes),
+    )
     session.execute(
         update(SocialPost)
-        .where(
-            SocialPost.account_id == account.id,
-            SocialPost.state.in_(WAITING),
-            SocialPost.scheduled_for < now - timedelta(minutes=minutes),
-        )
+        .where(stale, SocialPost.verify.is_(False))
         .values(
             state=SocialPostState.EXPIRED,
             last_error=f"not posted within {minutes} minutes of its time (the account's expiry)",
         )
+    )
+    # An earlier attempt of these may have landed, and there is no time left to read back.
+    session.execute(
+        update(SocialPost)
+        .where(stale, SocialPost.verify.is_(True))
+        .values(state=SocialPostState.UNKNOWN, last_error=MAY_HAVE_LANDED)
     )
 
 
@@ -351,11 +395,22 @@ def _plan_account(session: Session, sharing: Sharing, account: SocialAccount, no
     expiry = timedelta(minutes=account.expiry_minutes)
     if slot is None or now - slot >= expiry:
         return written
-    if account.last_slot_at is not None and account.last_slot_at >= slot:
+    # The slot is taken now whatever fills it (a story that arrives later waits for the next),
+    # by one conditional UPDATE: on SQLite, where the account's row is not locked, two ticks
+    # at once cannot both take it.
+    taken = session.execute(
+        update(SocialAccount)
+        .where(
+            SocialAccount.id == account.id,
+            or_(SocialAccount.last_slot_at.is_(None), SocialAccount.last_slot_at < slot),
+        )
+        .values(last_slot_at=slot)
+        .execution_options(synchronize_session=False)
+    )
+    if taken.rowcount != 1:  # type: ignore[attr-defined]
         return written
-    # The slot is taken now whatever fills it: a story that arrives later waits for the next.
-    account.last_slot_at = slot
-    if budget <= 0:
+    # The slot's own local day: a slot from before midnight counts against that day's cap.
+    if account.daily_cap - posts_today(session, account, slot) <= 0:
         return written
     newest = _newest(session, account, now)
     if newest is not None:
@@ -431,14 +486,24 @@ def approve(session: Session, post_ids: Sequence[int], now: datetime) -> int:
 
 
 def skip(session: Session, post_ids: Sequence[int], now: datetime) -> int:
-    """Turn down posts that have not gone out. Returns how many were still waiting."""
-    result = session.execute(
+    """Turn down posts that have not gone out. Returns how many were still waiting. One whose
+    earlier attempt may have landed becomes ``unknown``: only a look at the account can tell."""
+    waiting = and_(SocialPost.id.in_(post_ids), SocialPost.state.in_(WAITING))
+    skipped = session.execute(
         update(SocialPost)
-        .where(SocialPost.id.in_(post_ids), SocialPost.state.in_(WAITING))
-        .values(state=SocialPostState.SKIPPED, last_error=f"skipped by an editor at {now:%c}")
+        .where(waiting, SocialPost.verify.is_(False))
+        .values(
+            state=SocialPostState.SKIPPED,
+            last_error=f"skipped by an editor at {now:%Y-%m-%d %H:%M} UTC",
+        )
+    )
+    unknown = session.execute(
+        update(SocialPost)
+        .where(waiting, SocialPost.verify.is_(True))
+        .values(state=SocialPostState.UNKNOWN, last_error=MAY_HAVE_LANDED)
     )
     session.commit()
-    return result.rowcount  # type: ignore[attr-defined, no-any-return]
+    return skipped.rowcount + unknown.rowcount  # type: ignore[attr-defined, no-any-return]
 
 
 def post_now(
@@ -456,7 +521,7 @@ def post_now(
     account = load_account(session, account_id)
     story = session.get(Story, story_id)
     if story is None:
-        raise QueueError(f"there is no story {story_id}")
+        raise StoryNotFound(f"there is no story {story_id}")
     if account.status is not AccountStatus.ACTIVE:
         raise QueueError(
             f"account {account.id} is {account.status.value}"
@@ -482,13 +547,36 @@ def post_now(
             )
         if last.state is SocialPostState.POSTING:
             raise QueueError(f"post {last.id} is being posted right now")
-        last.state = SocialPostState.QUEUED
-        last.scheduled_for = now
-        last.approved_at = now
-        last.next_attempt_at = None
-        last.attempts = 0
-        last.last_error = None
-        _compose_into(last, account, story)
+        waiting = last.state in WAITING
+        values: dict[str, object] = {
+            "state": SocialPostState.QUEUED,
+            "scheduled_for": now,
+            "approved_at": now,
+            "next_attempt_at": None,
+        }
+        if not waiting:
+            values.update(attempts=0, last_error=None)
+        # One conditional UPDATE, not a read then a write: meanwhile the row may have been
+        # approved, claimed or finished, and it must never be queued again while a worker
+        # posts it. Failed, expired and skipped rows never carry ``verify`` (a row that may
+        # have landed is unknown instead), so composing them afresh is safe; a waiting row
+        # keeps its text, which an earlier attempt may have sent.
+        changed = session.execute(
+            update(SocialPost)
+            .where(
+                SocialPost.id == last.id,
+                SocialPost.state == last.state,
+                SocialPost.verify.is_(last.verify) if waiting else SocialPost.verify.is_(False),
+            )
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        if changed.rowcount != 1:  # type: ignore[attr-defined]
+            session.rollback()
+            raise QueueError(f"post {last.id} changed while this request ran; try again")
+        session.refresh(last)
+        if not waiting:
+            _compose_into(last, account, story)
         return _committed(session, last)
     variant = "default" if last is None else f"again-{now:%Y%m%d%H%M%S}"
     post = write_post(
@@ -634,7 +722,7 @@ def previews(session: Session, sharing: Sharing, story_id: int) -> list[Preview]
     account is connected; a text that cannot fit shows the platform's complaint."""
     story = session.get(Story, story_id)
     if story is None:
-        raise QueueError(f"there is no story {story_id}")
+        raise StoryNotFound(f"there is no story {story_id}")
     url = sharing.url(PREVIEW_LINK_ID)
     accounts = list(session.scalars(select(SocialAccount).order_by(SocialAccount.id)))
     targets = [(account_name(a), a.platform, a.max_characters) for a in accounts] or [

@@ -3,7 +3,9 @@
 Each secret key yields its own Fernet key through HKDF with a purpose label, so the key that
 signs tracked links never doubles as an encryption key. The newest key (first in the list)
 encrypts; every listed key decrypts, so a key can be rotated in: put the new one first, run
-``digest social rekey`` to re-encrypt every account, then drop the old one.
+``digest social rekey`` to re-encrypt every account. The same keys sign tracked links, so an
+old key stays listed while links signed with it (emails, posts) should keep working; once
+rekeyed, the credentials no longer need it.
 """
 
 from __future__ import annotations

@@ -24,7 +24,9 @@ from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
@@ -219,6 +221,14 @@ async def _flush_forever(journal: EventJournal, interval: float) -> None:
             log.exception("storing tracking events failed; retrying")
 
 
+async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422, without the ``input`` it echoes for each invalid field: a request that
+    connects a social account carries its credentials, and no answer may show them."""
+    assert isinstance(exc, RequestValidationError)
+    errors = [{k: v for k, v in error.items() if k != "input"} for error in exc.errors()]
+    return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     # Each web worker process is started afresh by uvicorn: its logging is set up here.
@@ -254,6 +264,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             journal.close()
 
     app = FastAPI(title="Newsroom Digest", version=__version__, lifespan=lifespan)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.state.sessions = sessions
     app.state.settings = settings
     app.state.signer = signer

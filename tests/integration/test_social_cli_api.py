@@ -119,6 +119,11 @@ def test_connect_refuses_missing_credentials_and_bad_slots(digest, masto) -> Non
     assert bad.exit_code == 1 and "'25:00' is not a time" in bad.output
     listed = digest("social", "accounts")
     assert "no accounts" in listed.output
+    for odd in (["social", "preview", "²"], ["social", "approve", "99999999999999999999"]):
+        refused = digest(*odd)
+        # A clear usage or command error (SystemExit from click), not a traceback.
+        assert isinstance(refused.exception, SystemExit), refused.exception
+        assert refused.exit_code in (1, 2) and "Error" in refused.output, refused.output
 
 
 def test_rekey_moves_credentials_to_the_newest_key(digest, cli_env, env, story_id) -> None:
@@ -159,6 +164,13 @@ def test_the_api_connects_queues_and_approves(env, web_server, masto, story_id) 
     account_id = made.json()["id"]
     bad = api.post("/accounts", json={"platform": "myspace", "handle": "n", "credentials": {}})
     assert bad.status_code == 422 and "unknown platform" in bad.json()["detail"]
+    # A malformed request is refused without echoing what it carried.
+    incomplete = api.post(
+        "/accounts", json={"platform": "mastodon", "credentials": {"access_token": TOKEN}}
+    )
+    assert incomplete.status_code == 422 and TOKEN not in incomplete.text
+    assert api.get("/preview/99999999999999999999").status_code == 422
+    assert api.post("/posts", json={"story_id": 999, "account_id": account_id}).status_code == 404
 
     preview = api.get(f"/preview/{story_id}").json()
     assert preview[0]["fits"] and "Harbour bridge reopens" in preview[0]["text"]

@@ -76,6 +76,8 @@ def test_every_story_lands_once_per_account_through_failures(social_env, start_w
                     credentials,
                     base_url=fake.url,
                     settings=PostingSettings(daily_cap=10),
+                    # Connected before the stories came in: they are new must-reads to it.
+                    now=now - timedelta(hours=1),
                 )
             session.commit()
 

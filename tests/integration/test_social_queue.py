@@ -23,7 +23,8 @@ from digest.models import (
     Story,
 )
 from digest.social import posting, queue
-from digest.social.accounts import PostingSettings, connect
+from digest.social.accounts import AccountError, PostingSettings, connect, update_settings
+from digest.social.platform import Published
 from digest.social.queue import QueueError, Sharing
 from digest.social.vault import Vault
 from digest.tokens import TokenSigner
@@ -35,6 +36,8 @@ SHARING = Sharing("https://digest.example.com", TokenSigner(KEYS))
 VAULT = Vault(KEYS)
 # A Wednesday, 10:05 in Berlin (UTC+1 in November).
 NOW = datetime(2026, 11, 25, 9, 5, tzinfo=UTC)
+# Accounts were connected well before the stories of these tests.
+CONNECTED = NOW - timedelta(days=30)
 TELEGRAM_TOKEN = "110201543:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"
 
 _urls = itertools.count(1)
@@ -79,6 +82,7 @@ def account(
         credentials or {"access_token": "token"},
         base_url=base_url,
         settings=PostingSettings(timezone="Europe/Berlin", **settings),  # type: ignore[arg-type]
+        now=CONNECTED,
     )
     session.commit()
     return made
@@ -388,8 +392,151 @@ def test_a_refused_token_stops_the_account_until_it_is_connected_again(any_sessi
             acct.handle,
             {"access_token": masto.token},
             base_url=masto.url,
+            now=NOW,
         )
         session.commit()
     result = posting.publish(any_sessions, VAULT, post_id, now=NOW, timeout=5)
     assert result is not None and result.state is SocialPostState.POSTED
     assert len(masto.statuses) == 1
+
+
+# -- review regressions --------------------------------------------------------------------------
+
+
+def test_a_post_is_never_taken_over_while_its_task_may_still_run() -> None:
+    # The lease outlives the task's hard time limit and a tick after it.
+    assert timedelta(seconds=posting.TASK_TIME_LIMIT * 2) < posting.LEASE
+
+
+def test_posts_that_may_have_landed_never_look_unposted(any_sessions, masto) -> None:
+    with any_sessions() as session:
+        acct = account(session, base_url=masto.url, credentials={"access_token": masto.token})
+        stories = [story(session, pinned=True) for _ in range(3)]
+        session.commit()
+        ids = [queue.post_now(session, SHARING, acct.id, s.id, NOW).id for s in stories]
+        for post in posts(session, acct.id):
+            post.verify = True  # an unclear attempt each
+        text_before = posts(session, acct.id)[1].text
+        session.commit()
+        # Expired, skipped or posted again: unknown, or sent with its frozen text.
+        queue.skip(session, [ids[0]], NOW)
+        stories[1].title = "A corrected headline"
+        session.commit()
+        again = queue.post_now(session, SHARING, acct.id, stories[1].id, NOW)
+        queue.plan(session, SHARING, NOW + timedelta(days=1))
+        states = {p.id: p.state for p in posts(session, acct.id)}
+        assert states[ids[0]] is SocialPostState.UNKNOWN
+        assert states[ids[2]] is SocialPostState.UNKNOWN
+        # The text an earlier attempt may have sent, not one composed from the new headline.
+        assert again.id == ids[1] and again.text == text_before
+
+
+def test_a_read_back_that_is_refused_leaves_the_post_unknown(any_sessions, masto) -> None:
+    _, post_id = _queued(any_sessions, _masto_account(masto))
+    with any_sessions() as session:
+        session.get_one(SocialPost, post_id).verify = True
+        session.commit()
+    masto.fail_next(status=403, method="GET")
+    result = posting.publish(any_sessions, VAULT, post_id, now=NOW, timeout=5)
+    assert result is not None and result.state is SocialPostState.UNKNOWN
+    assert masto.statuses == []
+
+
+def test_unreadable_credentials_hold_the_post_not_the_account(any_sessions, masto) -> None:
+    acct_id, post_id = _queued(any_sessions, _masto_account(masto))
+    result = posting.publish(any_sessions, Vault(("another-key",)), post_id, now=NOW, timeout=5)
+    assert result is not None and result.state is SocialPostState.QUEUED
+    with any_sessions() as session:
+        assert session.get_one(SocialAccount, acct_id).status is AccountStatus.ACTIVE
+    assert masto.requests == []
+
+
+def test_settings_out_of_range_are_refused_and_one_bad_account_spares_the_rest(
+    any_sessions,
+) -> None:
+    with any_sessions() as session:
+        with pytest.raises(AccountError, match="expiry minutes must be 1 to"):
+            account(session, expiry_minutes=2_000_000_000)
+        broken = account(session)
+        healthy = account(session)
+        story(session, pinned=True)
+        session.commit()
+        # Edited by hand past the bounds: its planning fails, the other account's goes on.
+        broken.reshare_days, broken.slots, broken.expiry_minutes = 10**7, "10:00", 10**9
+        session.commit()
+        queue.plan(session, SHARING, NOW)
+        assert len(posts(session, healthy.id)) == 1
+
+
+def test_a_skipped_evergreen_story_is_not_shared_again(any_sessions) -> None:
+    with any_sessions() as session:
+        acct = account(session, slots="10:00,14:00", reshare_days=30)
+        guide = story(session, age=timedelta(days=400), evergreen=True)
+        session.add(
+            SocialPost(
+                story_id=guide.id,
+                account_id=acct.id,
+                state=SocialPostState.SKIPPED,
+                scheduled_for=NOW - timedelta(days=60),
+            )
+        )
+        session.commit()
+        assert queue.plan(session, SHARING, NOW) == 0
+
+
+def test_connecting_or_resuming_does_not_post_earlier_must_reads(any_sessions) -> None:
+    with any_sessions() as session:
+        for _ in range(3):
+            story(session, pinned=True, age=timedelta(hours=2))
+        session.commit()
+        fresh = connect(
+            session, VAULT, "mastodon", "late", {"access_token": "t"},
+            base_url="https://example.social", now=NOW,
+        )  # fmt: skip
+        session.commit()
+        assert queue.plan(session, SHARING, NOW) == 0
+        newer = story(session, pinned=True, age=timedelta(minutes=-1))
+        newer.first_seen_at = NOW + timedelta(minutes=1)
+        session.commit()
+        assert queue.plan(session, SHARING, NOW + timedelta(minutes=2)) == 1
+        # Paused, then resumed: what came in meanwhile is not posted at once either.
+        update_settings(session, fresh.id, PostingSettings(), NOW, paused=True)
+        session.commit()
+        story(session, pinned=True, age=timedelta(minutes=-3)).first_seen_at = NOW + timedelta(
+            minutes=3
+        )
+        update_settings(
+            session, fresh.id, PostingSettings(), NOW + timedelta(minutes=4), paused=False
+        )
+        session.commit()
+        assert queue.plan(session, SHARING, NOW + timedelta(minutes=5)) == 0
+        # A reconnect keeps a paused account paused.
+        update_settings(session, fresh.id, PostingSettings(), NOW, paused=True)
+        connect(
+            session, VAULT, "mastodon", "late", {"access_token": "t2"},
+            base_url="https://example.social", now=NOW,
+        )  # fmt: skip
+        assert fresh.status is AccountStatus.PAUSED
+
+
+def test_a_claim_past_the_expiry_expires_without_a_call(any_sessions, masto) -> None:
+    _, post_id = _queued(any_sessions, _masto_account(masto))
+    late = NOW + timedelta(hours=3)
+    result = posting.publish(any_sessions, VAULT, post_id, now=late, timeout=5)
+    assert result is not None and result.state is SocialPostState.EXPIRED
+    assert masto.requests == []
+
+
+def test_a_success_written_after_the_lease_ran_out_still_counts(any_sessions, masto) -> None:
+    _, post_id = _queued(any_sessions, _masto_account(masto))
+    with any_sessions() as session:
+        attempt = posting.claim(session, post_id, NOW)
+        row = session.get_one(SocialPost, post_id)
+    assert attempt == 1
+    with any_sessions() as session:
+        assert posting.recover(session, NOW + posting.LEASE + timedelta(seconds=1)) == 1
+    change = posting._Change(SocialPostState.POSTED, "", published=Published("110", "u"))
+    result = posting._finish(any_sessions, row, attempt, None, change, NOW)
+    assert result.state is SocialPostState.POSTED
+    with any_sessions() as session:
+        assert session.get_one(SocialPost, post_id).state is SocialPostState.POSTED

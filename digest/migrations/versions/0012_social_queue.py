@@ -44,6 +44,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("status_reason", sa.Text(), nullable=True))
         batch_op.add_column(sa.Column("retry_at", sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column("last_slot_at", sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("active_since", sa.DateTime(timezone=True), nullable=True))
     with op.batch_alter_table("social_posts", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column("kind", sa.String(length=20), nullable=False, server_default="latest")
@@ -84,6 +85,7 @@ def downgrade() -> None:
             batch_op.drop_column(column)
     with op.batch_alter_table("social_accounts", schema=None) as batch_op:
         for column in (
+            "active_since",
             "last_slot_at",
             "retry_at",
             "status_reason",
