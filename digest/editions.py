@@ -8,10 +8,10 @@ changes: a retried send or a "view in browser" renders the same thing.
 from __future__ import annotations
 
 import logging
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, literal, or_, select
+from sqlalchemy import ColumnElement, func, insert, literal, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -20,6 +20,7 @@ from digest.editor_templates import (
     render_editor_template,
     template_context,
 )
+from digest.ledger import regular_reader
 from digest.local_time import schedule_local_sends
 from digest.models import (
     Delivery,
@@ -35,9 +36,9 @@ from digest.models import (
 from digest.selection import (
     BLOCK_ORDER,
     LATEST,
+    POOL_WINDOW,
     Block,
     Limits,
-    Reader,
     personalise,
     select_pool,
 )
@@ -86,21 +87,8 @@ def prepare_edition(
     if existing is not None:
         return existing
     pool = select_pool(session, newsletter, now)
-    # What a daily reader who received the previous edition gets: a thin day for them is
-    # not worth an edition (each other reader is judged again when their message is made).
-    previous = session.scalar(
-        select(func.max(Edition.prepared_at)).where(
-            Edition.newsletter_id == newsletter.id, Edition.prepared_at < now
-        )
-    )
     blocks = _frozen(pool)
-    regular = personalise(blocks, Reader(since=previous), Limits.of(newsletter))
-    shown = [item for block in regular for group in block["groups"] for item in group["items"]]
-    if len(shown) < max(newsletter.min_items, 1):
-        raise NothingToSend(
-            f"a thin day for {newsletter.slug} on {issue_date:%Y-%m-%d}: {len(shown)} new "
-            f"stories, the newsletter needs at least {newsletter.min_items}"
-        )
+    shown = _regular_edition(session, newsletter, issue_date, blocks)
     context = template_context(newsletter.name, issue_date, newsletter.locale, shown)
     subject = f"{newsletter.name}: {shown[0]['title']}"
     if newsletter.subject_template.strip():
@@ -138,12 +126,7 @@ def prepare_edition(
     _link(session, edition, pool, blocks)
     edition.content = {"blocks": blocks, "cutoff": now.isoformat()}
 
-    # The audience, frozen in one statement: every active subscriber of the newsletter who
-    # takes this day's edition (daily, or weekly on the newsletter's weekday), is not on a
-    # pause of their own and was not paused by a sunset.
-    takes_today = Subscription.frequency == Frequency.DAILY
-    if issue_date.weekday() == newsletter.weekly_day:
-        takes_today = or_(takes_today, Subscription.frequency == Frequency.WEEKLY)
+    # The audience, frozen in one statement.
     audience = (
         select(
             literal(edition.id),
@@ -153,14 +136,7 @@ def prepare_edition(
             literal(now, type_=Delivery.__table__.c.created_at.type),
         )
         .join(Subscription, Subscription.subscriber_id == Subscriber.id)
-        .where(
-            Subscription.newsletter_id == newsletter.id,
-            Subscription.active.is_(True),
-            Subscriber.status == SubscriberStatus.ACTIVE,
-            takes_today,
-            or_(Subscription.paused_until.is_(None), Subscription.paused_until <= issue_date),
-            Subscription.sunset_at.is_(None),
-        )
+        .where(*_takes(newsletter, issue_date))
     )
     session.execute(
         insert(Delivery).from_select(
@@ -170,6 +146,69 @@ def prepare_edition(
     schedule_local_sends(session, edition.id, newsletter, now)
     session.commit()
     return edition
+
+
+def _takes(newsletter: Newsletter, issue_date: date) -> list[ColumnElement[bool]]:
+    """Who takes the newsletter's edition of ``issue_date`` (subscriptions joined to their
+    subscribers): every active subscriber who takes this day's edition (daily, or weekly on
+    the newsletter's weekday), is not on a pause of their own and was not paused by a sunset."""
+    takes_today = Subscription.frequency == Frequency.DAILY
+    if issue_date.weekday() == newsletter.weekly_day:
+        takes_today = or_(takes_today, Subscription.frequency == Frequency.WEEKLY)
+    return [
+        Subscription.newsletter_id == newsletter.id,
+        Subscription.active.is_(True),
+        Subscriber.status == SubscriberStatus.ACTIVE,
+        takes_today,
+        or_(Subscription.paused_until.is_(None), Subscription.paused_until <= issue_date),
+        Subscription.sunset_at.is_(None),
+    ]
+
+
+# Days between the editions a reader of each frequency takes.
+PERIOD_DAYS = {Frequency.DAILY: 1, Frequency.WEEKLY: 7}
+
+
+def _regular_edition(
+    session: Session, newsletter: Newsletter, issue_date: date, blocks: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The stories a regular reader of this day's edition gets, in order: a reader who had
+    every edition of the last week that they take and that went out, judged through the
+    ledger as their message will be (digest.ledger.regular_reader). Each frequency that takes
+    the day's edition has its regular reader, the largest group's first; the first who gets
+    enough leads the subject. A thin day for all of them is not worth an edition (each
+    reader is judged again when their message is made)."""
+    takers = dict(
+        session.execute(
+            select(Subscription.frequency, func.count())
+            .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
+            .where(*_takes(newsletter, issue_date))
+            .group_by(Subscription.frequency)
+        ).all()
+    )
+    # With nobody to take it yet, the edition is judged for a daily reader.
+    frequencies = sorted(takers, key=lambda f: (-takers[f], f != Frequency.DAILY)) or [
+        Frequency.DAILY
+    ]
+    pool_ids = {item["story_id"] for block in blocks for item in block["items"]}
+    needed = max(newsletter.min_items, 1)
+    most = 0
+    for frequency in frequencies:
+        period = PERIOD_DAYS[frequency]
+        took = [
+            issue_date - timedelta(days=days)
+            for days in range(period, POOL_WINDOW.days + 1, period)
+        ]
+        reader = regular_reader(session, newsletter.id, took, pool_ids)
+        personal = personalise(blocks, reader, Limits.of(newsletter))
+        shown = [item for block in personal for group in block["groups"] for item in group["items"]]
+        if len(shown) >= needed:
+            return shown
+        most = max(most, len(shown))
+    raise NothingToSend(
+        f"a thin day for {newsletter.slug} on {issue_date:%Y-%m-%d}: {most} new "
+        f"stories, the newsletter needs at least {newsletter.min_items}"
+    )
 
 
 def _frozen(pool: list[Block]) -> list[dict[str, Any]]:
@@ -184,6 +223,9 @@ def _frozen(pool: list[Block]) -> list[dict[str, Any]]:
                     "section": story.section,
                     "summary": story.summary,
                     "published_at": story.published_at.isoformat(),
+                    # When it became news to us: a late feed's story can say it is older
+                    # than the reader's last edition and still be new (selection._seen).
+                    "seen_at": max(story.first_seen_at, story.published_at).isoformat(),
                 }
                 for story in block.stories
             ],

@@ -7,18 +7,23 @@ have gone out; a deferred or failed one does not, and its retry chooses again.
 
 Two newsletters sending to one reader at the same moment can both pick a story neither has
 recorded yet; the ledger stops repeats from the next batch on.
+
+A segment's key names its stories block by block (digest.selection.segment_key); one too long
+for its column is stored as its digest, and the stories are then read from the segment's
+story rows (``segment_blocks``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
-from datetime import datetime
+from datetime import date, datetime
+from typing import Any
 
 from sqlalchemy import func, insert, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
+from digest.db import upsert_insert
 from digest.models import (
     Delivery,
     DeliveryState,
@@ -27,9 +32,15 @@ from digest.models import (
     SegmentStory,
     utcnow,
 )
-from digest.selection import Reader, chosen_sections
+from digest.selection import DIGESTED, Reader, chosen_sections, from_segment, stored_key
 
 RECEIVED = (DeliveryState.SENDING, DeliveryState.SENT, DeliveryState.UNKNOWN)
+# What the segment key column holds (digest.models); longer keys are stored as a digest.
+KEY_LENGTH: int = EditionSegment.__table__.c.key.type.length
+
+
+class SegmentUnavailable(Exception):
+    """The database would not give a message its segment; the batch's transaction is intact."""
 
 
 def received_stories(
@@ -99,31 +110,103 @@ def readers(
     }
 
 
+def regular_reader(
+    session: Session, newsletter_id: int, took: Collection[date], story_ids: Collection[int]
+) -> Reader:
+    """A reader who took the newsletter's editions of the ``took`` dates and got what most of
+    each one's readers got: of ``story_ids``, those the most common segment of each edition
+    that went out carried, and, as ``since``, when the latest of those was prepared. This is
+    the ledger's view of a regular reader before an edition has an audience to ask about:
+    two aggregate queries, none per subscriber. Editions nobody received do not count."""
+    rows = session.execute(
+        select(
+            Edition.id.label("edition_id"),
+            Edition.prepared_at,
+            Delivery.segment_id,
+            func.count().label("deliveries"),
+        )
+        .join(Delivery, Delivery.edition_id == Edition.id)
+        .where(
+            Edition.newsletter_id == newsletter_id,
+            Edition.issue_date.in_(took),
+            Delivery.state.in_(RECEIVED),
+        )
+        .group_by(Edition.id, Edition.prepared_at, Delivery.segment_id)
+    ).all()
+    since = max((row.prepared_at for row in rows), default=None)
+    # Per edition, the segment most deliveries carried (ties: the older segment). Messages
+    # sent before segments were recorded carry none and count only for ``since``.
+    common: dict[int, int] = {}
+    for row in sorted(rows, key=lambda row: (-row.deliveries, row.segment_id or 0)):
+        if row.segment_id is not None:
+            common.setdefault(row.edition_id, row.segment_id)
+    received: set[int] = set()
+    if common and story_ids:
+        received.update(
+            session.scalars(
+                select(SegmentStory.story_id).where(
+                    SegmentStory.segment_id.in_(common.values()),
+                    SegmentStory.story_id.in_(story_ids),
+                )
+            )
+        )
+    return Reader(received=frozenset(received), since=since)
+
+
 def segment(session: Session, edition_id: int, key: str, story_ids: Iterable[int]) -> int:
     """The id of the edition's segment ``key`` (digest.selection.segment_key) carrying
     ``story_ids``, created if new and committed at once, so that a concurrent batch that needs
-    the same segment waits only for this."""
+    the same segment waits only for this.
+
+    Raises SegmentUnavailable if the database refuses this segment's rows (a story deleted
+    since the edition was frozen, say): they are undone to a savepoint, so the batch's pending
+    outcomes survive and only this message fails. Other database errors (a lock, a lost
+    connection) are the batch's, not the message's, and propagate."""
     ids = set(story_ids)
+    stored = stored_key(key, KEY_LENGTH)
     find = select(EditionSegment.id).where(
-        EditionSegment.edition_id == edition_id, EditionSegment.key == key
+        EditionSegment.edition_id == edition_id, EditionSegment.key == stored
     )
     found = session.scalar(find)
     if found is not None:
         return found
-    dialect = session.get_bind().dialect.name
-    dialect_insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    created = session.scalar(
-        dialect_insert(EditionSegment)
-        .values(edition_id=edition_id, key=key, created_at=utcnow())
-        .on_conflict_do_nothing()
-        .returning(EditionSegment.id)
-    )
+    try:
+        # Writes only: on SQLite a savepoint that read first could not take the write lock
+        # once another worker had written, and would fail instead of waiting for it.
+        with session.begin_nested():
+            created = session.scalar(
+                upsert_insert(session, EditionSegment)
+                .values(edition_id=edition_id, key=stored, created_at=utcnow())
+                .on_conflict_do_nothing()
+                .returning(EditionSegment.id)
+            )
+            if created is not None and ids:
+                session.execute(
+                    insert(SegmentStory), [{"segment_id": created, "story_id": s} for s in ids]
+                )
+    except (IntegrityError, DataError) as exc:
+        # The driver's message, not the statement with every story row's parameters.
+        raise SegmentUnavailable(f"no segment for edition {edition_id}: {exc.orig}") from exc
     if created is None:  # a concurrent batch made it first
-        found = session.scalar(find)
-        assert found is not None
-        session.commit()
-        return found
-    if ids:
-        session.execute(insert(SegmentStory), [{"segment_id": created, "story_id": s} for s in ids])
+        created = session.scalar(find)
+        assert created is not None
     session.commit()
     return created
+
+
+def segment_blocks(
+    session: Session, pool: list[dict[str, Any]], segment_id: int
+) -> list[dict[str, Any]] | None:
+    """What the segment's messages showed, rebuilt from the edition's frozen ``pool``; None if
+    there is no such segment."""
+    key = session.scalar(select(EditionSegment.key).where(EditionSegment.id == segment_id))
+    if key is None:
+        return None
+    carried: set[int] = set()
+    if key.startswith(DIGESTED):
+        carried.update(
+            session.scalars(
+                select(SegmentStory.story_id).where(SegmentStory.segment_id == segment_id)
+            )
+        )
+    return from_segment(pool, key, carried)

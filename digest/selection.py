@@ -3,7 +3,9 @@ then what is popular now; and which of them each reader gets."""
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -179,7 +181,8 @@ class Reader:
     """What personalises an edition: the sections chosen (None: all), the stories already
     received in any digest, when this newsletter last reached them (None: never), and the
     news they are due: stories published up to ``cutoff`` (their local send time, or when
-    the edition was prepared; None: the whole pool)."""
+    the edition was prepared; None: the whole pool). The latest stories new to them are those
+    we first saw after ``since``, whatever time they say they were published."""
 
     sections: frozenset[str] | None = None
     received: frozenset[int] = frozenset()
@@ -196,7 +199,7 @@ def personalise(
     blocks: list[dict[str, Any]], reader: Reader, limits: Limits
 ) -> list[dict[str, Any]]:
     """One reader's edition from the frozen pool: never a story they already received; of the
-    latest, only those published since this newsletter last reached them, from the sections
+    latest, only those seen since this newsletter last reached them, from the sections
     they chose, at most ``section_quota`` per section, grouped by section; Must-Reads go to
     everyone. Blocks keep their frozen order; an empty block is left out. Each returned
     block has ``groups``: ``[{"heading": section or "", "items": [...]}]``."""
@@ -226,7 +229,7 @@ def personalise(
                 if (
                     fresh(item)
                     and in_sections(item)
-                    and (reader.since is None or _published(item, NEWEST) > reader.since)
+                    and (reader.since is None or _seen(item) > reader.since)
                     and per_section[section] < limits.section_quota
                 ):
                     per_section[section] += 1
@@ -247,6 +250,15 @@ NEWEST = datetime.max.replace(tzinfo=UTC)
 def _published(item: dict[str, Any], unknown: datetime) -> datetime:
     published = item.get("published_at")
     return unknown if published is None else datetime.fromisoformat(published)
+
+
+def _seen(item: dict[str, Any]) -> datetime:
+    """When the story became news to us (``seen_at``: the later of its first sighting and its
+    publication): a feed that is late brings stories that say they are older than the
+    reader's last edition yet were not in it. Items frozen before they carried it fall back
+    to their publication time, as those editions were judged."""
+    seen = item.get("seen_at")
+    return _published(item, NEWEST) if seen is None else datetime.fromisoformat(seen)
 
 
 def _grouped(key: str | None, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -270,19 +282,55 @@ def segment_key(blocks: list[dict[str, Any]]) -> str:
     )
 
 
-def from_segment(pool: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
-    """The personalised blocks a segment key stands for, rebuilt from the frozen pool."""
+# A stored segment key that is the digest of a key too long for its column, not a key itself:
+# readable keys start with a block's key.
+DIGESTED = "sha256:"
+
+
+def stored_key(key: str, length: int) -> str:
+    """``key`` as a segment row stores it in at most ``length`` characters: as it is if it fits
+    (as every key did before long ones were digested, so those rows still match), else its
+    digest, equally unique per edition. ``from_segment`` reads both."""
+    if len(key) <= length:
+        return key
+    return DIGESTED + hashlib.sha256(key.encode()).hexdigest()
+
+
+def from_segment(
+    pool: list[dict[str, Any]], key: str, carried: Collection[int] = ()
+) -> list[dict[str, Any]]:
+    """The personalised blocks a stored segment key stands for, rebuilt from the frozen pool.
+
+    A digested key names no stories: they are ``carried`` (the segment's stories, from the
+    ledger), each in the first block that holds it and in the pool's order, as ``personalise``
+    placed them. Only a story the pool holds in two blocks that the reader got in the later
+    one (passed over in Latest, then picked in Popular Now) is shown in the earlier one."""
     blocks = {block["key"]: block for block in pool}
-    result = []
-    for part in key.split(";") if key else []:
-        block_key, _, ids = part.partition(":")
-        block = blocks[block_key]
-        by_id = {item["story_id"]: item for item in block["items"]}
-        items = [by_id[int(story_id)] for story_id in ids.split(",")]
-        result.append(
-            {"key": block_key, "title": block["title"], "groups": _grouped(block_key, items)}
-        )
-    return result
+    chosen: list[tuple[str, list[dict[str, Any]]]] = []
+    if key.startswith(DIGESTED):
+        placed: set[int] = set()
+        for block in pool:
+            items = [
+                i
+                for i in block["items"]
+                if i["story_id"] in carried and i["story_id"] not in placed
+            ]
+            placed.update(i["story_id"] for i in items)
+            if items:
+                chosen.append((block["key"], items))
+    else:
+        for part in key.split(";") if key else []:
+            block_key, _, ids = part.partition(":")
+            by_id = {item["story_id"]: item for item in blocks[block_key]["items"]}
+            chosen.append((block_key, [by_id[int(story_id)] for story_id in ids.split(",")]))
+    return [
+        {
+            "key": block_key,
+            "title": blocks[block_key]["title"],
+            "groups": _grouped(block_key, items),
+        }
+        for block_key, items in chosen
+    ]
 
 
 def story_ids(blocks: list[dict[str, Any]]) -> tuple[int, ...]:

@@ -20,7 +20,8 @@ Invariants:
   it may have been delivered, so it is never resent.
 - A relay that takes nothing (down, refusing the sender, closing) stops the batch without
   charging any recipient: the untried rows go back to the queue and the task retries later.
-- One recipient whose message cannot be built (bad data) fails alone; the batch goes on.
+- One recipient whose message cannot be built (bad data, or a segment the database refuses:
+  digest.ledger.segment) fails alone; the batch goes on.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from digest.bounce_reports import ReportKind, classify_smtp_reply
 from digest.bounces import record_bounce
 from digest.config import DEFAULT_STALL_SECONDS, MAX_BATCH_SECONDS, Settings
 from digest.editions import extend_pool
-from digest.ledger import readers, segment
+from digest.ledger import SegmentUnavailable, readers, segment
 from digest.logs import log_context
 from digest.mail import (
     PermanentError,
@@ -475,7 +476,7 @@ def _build_and_hand_over(
     except ThinEdition as exc:
         _settle(session, recipient.delivery_id, DeliveryState.CANCELLED, last_error=str(exc))
         return DeliveryState.CANCELLED
-    except (ValueError, LookupError, TypeError, TemplateError) as exc:
+    except (ValueError, LookupError, TypeError, TemplateError, SegmentUnavailable) as exc:
         log.error("delivery %s cannot be built: %r", recipient.delivery_id, exc)
         _settle(
             session,

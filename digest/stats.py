@@ -30,6 +30,7 @@ from sqlalchemy import ColumnElement, Select, case, distinct, func, select
 from sqlalchemy.orm import Session
 
 from digest.editions import load_edition
+from digest.ledger import RECEIVED
 from digest.models import (
     Bounce,
     BounceKind,
@@ -38,7 +39,6 @@ from digest.models import (
     Delivery,
     DeliveryState,
     Edition,
-    EditionSegment,
     Link,
     Open,
     OpenKind,
@@ -151,13 +151,17 @@ class _Item:
 def _items(session: Session, edition: Edition) -> list[_Item]:
     """The edition's stories that reached someone, in the frozen order; a story shown twice
     counts once. The edition freezes more stories than any reader gets (the pool that
-    personalisation draws from); those that no message carried are left out. Before anything
-    is sent, every story of the pool is listed."""
+    personalisation draws from); those that no message carried are left out, and so are those
+    of segments built for messages that never went out (refused, failed, cancelled: only
+    deliveries the ledger counts as received count). Before anything went out, every story of
+    the pool is listed."""
+    # A semi-join: a segment's stories once, not once per message that carried them.
+    went_out = select(Delivery.segment_id).where(
+        Delivery.edition_id == edition.id, Delivery.state.in_(RECEIVED)
+    )
     carried = set(
         session.scalars(
-            select(SegmentStory.story_id)
-            .join(EditionSegment, EditionSegment.id == SegmentStory.segment_id)
-            .where(EditionSegment.edition_id == edition.id)
+            select(SegmentStory.story_id).where(SegmentStory.segment_id.in_(went_out)).distinct()
         )
     )
     items: dict[int, _Item] = {}

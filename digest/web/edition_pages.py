@@ -17,18 +17,17 @@ from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import ColumnElement, exists, select
 from sqlalchemy.orm import Session
 
-from digest.ledger import RECEIVED
+from digest.ledger import RECEIVED, segment_blocks
 from digest.models import (
     Delivery,
     Edition,
-    EditionSegment,
     Link,
     Newsletter,
     Subscriber,
     Subscription,
 )
 from digest.render import Frame, environment, render_layout
-from digest.selection import Limits, Reader, chosen_sections, from_segment, personalise
+from digest.selection import Limits, Reader, chosen_sections, personalise
 from digest.sending import EditionMailer, Recipient
 from digest.web.deps import DB, NO_STORE, app_settings, app_signer
 
@@ -64,12 +63,10 @@ def view_in_browser(token: str, request: Request, session: DB) -> HTMLResponse:
     if delivery is None:
         raise HTTPException(status_code=404)
     edition = session.get_one(Edition, delivery.edition_id)
-    key = (
+    sent = (
         None
         if delivery.segment_id is None
-        else session.scalar(
-            select(EditionSegment.key).where(EditionSegment.id == delivery.segment_id)
-        )
+        else segment_blocks(session, edition.content["blocks"], delivery.segment_id)
     )
     subscription = session.scalars(
         select(Subscription).where(
@@ -81,8 +78,8 @@ def view_in_browser(token: str, request: Request, session: DB) -> HTMLResponse:
     reader = Reader(chosen_sections(sections))
     # Not yet sent (or sent before segments were recorded): what the reader would get now.
     blocks = (
-        from_segment(edition.content["blocks"], key)
-        if key is not None
+        sent
+        if sent is not None
         else personalise(edition.content["blocks"], reader, Limits.of(edition.newsletter))
     )
     mailer = EditionMailer(session, app_settings(request), edition)

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from digest.selection import (
+    DIGESTED,
     LATEST,
     MUST_READS,
     POPULAR,
@@ -18,6 +19,7 @@ from digest.selection import (
     from_segment,
     personalise,
     segment_key,
+    stored_key,
     story_ids,
 )
 
@@ -81,6 +83,18 @@ def test_only_latest_stories_published_since_the_last_edition() -> None:
     assert story_ids(blocks)[:2] == (1, 2)
 
 
+def test_a_late_story_is_new_from_when_it_was_first_seen() -> None:
+    # Published long before the reader's last edition, but its feed brought it only since.
+    late = {**item(16, "Business", 30), "seen_at": (NOW - timedelta(hours=1)).isoformat()}
+    pool = [POOL[0], {**POOL[1], "items": [*POOL[1]["items"], late]}, POOL[2]]
+    reader = Reader(since=NOW - timedelta(hours=4, minutes=30))
+    latest = next(b for b in personalise(pool, reader, LIMITS) if b["key"] == LATEST)
+    assert [i["story_id"] for g in latest["groups"] for i in g["items"]] == [10, 11, 13, 16]
+    # Frozen before items carried it: judged by the publication time, as it was then.
+    frozen_earlier = [POOL[0], {**POOL[1], "items": [*POOL[1]["items"], item(16, "Business", 30)]}]
+    assert 16 not in story_ids(personalise(frozen_earlier, reader, LIMITS))
+
+
 def test_sections_filter_all_but_the_must_reads() -> None:
     blocks = personalise(POOL, Reader(sections=frozenset({"sport"})), LIMITS)
     assert story_ids(blocks) == (1, 2, 13, 15)
@@ -123,6 +137,26 @@ def test_a_segment_key_rebuilds_what_the_reader_got() -> None:
     ):
         blocks = personalise(POOL, reader, LIMITS)
         assert from_segment(POOL, segment_key(blocks)) == blocks
+
+
+def test_a_key_too_long_to_store_rebuilds_from_the_segments_stories() -> None:
+    latest = [item(100 + n, "World", n) for n in range(40)]
+    pool = [
+        POOL[0],
+        {**POOL[1], "items": latest},
+        # Popular Now repeats a latest story, as the pool may.
+        {**POOL[2], "items": [latest[0], item(20)]},
+    ]
+    limits = Limits(must_reads=2, latest=40, section_quota=40, popular=2)
+    for reader in (Reader(), Reader(received=frozenset({1, 100}))):
+        blocks = personalise(pool, reader, limits)
+        key = segment_key(blocks)
+        stored = stored_key(key, 100)
+        assert len(key) > 100 and stored.startswith(DIGESTED) and len(stored) <= 100
+        assert from_segment(pool, stored, set(story_ids(blocks))) == blocks
+    # A key that fits is stored as it is, as every key was before.
+    short = segment_key(personalise(POOL, Reader(), LIMITS))
+    assert stored_key(short, 2000) == short
 
 
 def test_thin_day_cancellations_do_not_pause_an_edition() -> None:

@@ -13,7 +13,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from digest.config import Settings
 from digest.db import engine_for, session_factory
 from digest.editions import EditionNotFound
-from digest.models import Click, ClickKind, Delivery, DeliveryState, Open, OpenKind, utcnow
+from digest.ledger import segment
+from digest.models import (
+    Click,
+    ClickKind,
+    Delivery,
+    DeliveryState,
+    Open,
+    OpenKind,
+    SegmentStory,
+    Subscription,
+    utcnow,
+)
 from digest.stats import (
     CSV_COLUMNS,
     NO_CLICKS,
@@ -243,6 +254,36 @@ def test_machine_clicks_alone_make_a_zero_click_rate(sqlite_settings, sessions) 
     assert stats.clicks_by_kind["scanner"] == Tally(unique=3, total=3 * len(links))
     assert report.stories[0].clicks == ClickCounts(0, 0, 5)
     assert all(s.clicks == ClickCounts(0, 0, 3) for s in report.stories[1:])
+
+
+def test_stories_of_segments_that_never_went_out_are_not_counted(sqlite_settings, sessions):
+    edition = prepare_sample_edition(sqlite_settings, 3)
+    with sessions() as session:
+        chooser, *others = _deliveries(session, edition.id)
+        session.scalars(
+            select(Subscription).where(Subscription.subscriber_id == chooser.subscriber_id)
+        ).one().sections = ["Asia"]
+        session.commit()
+    send_until_done(sqlite_settings, edition.id)
+    with sessions() as session:
+        chooser, *others = _deliveries(session, edition.id)
+        # The other two messages were refused after their segment was recorded.
+        for delivery in others:
+            delivery.state = DeliveryState.FAILED
+        carried = set(
+            session.scalars(
+                select(SegmentStory.story_id).where(SegmentStory.segment_id == chooser.segment_id)
+            )
+        )
+        pool = [i["story_id"] for b in edition.content["blocks"] for i in b["items"]]
+        # And one segment was built for a message cancelled before it was handed over.
+        never = next(story_id for story_id in pool if story_id not in carried)
+        segment(session, edition.id, f"latest:{never}", [never])
+        session.commit()
+        report = edition_report(session, edition.id)
+    assert [s.story_id for s in report.stories] == [s for s in dict.fromkeys(pool) if s in carried]
+    assert {link.story_id for link in report.links} == carried
+    assert sum(row.stories for row in report.sections) == len(carried)
 
 
 def test_unknown_edition(sqlite_settings, sessions) -> None:
