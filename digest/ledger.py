@@ -5,8 +5,9 @@ in the same UPDATE that marks it ``sending``: no extra statement per message. A 
 is ``sending``, ``sent`` or ``unknown`` counts as received, since once in the window it may
 have gone out; a deferred or failed one does not, and its retry chooses again.
 
-Two newsletters sending to one reader at the same moment can both pick a story neither has
-recorded yet; the ledger stops repeats from the next batch on.
+Two newsletters sending to one reader at the same moment could both pick a story neither has
+recorded yet: a message therefore enters the SMTP window only if the reader has not received
+one of its stories meanwhile (digest.sending._begin), and is chosen again if they have.
 
 A segment's key names its stories block by block (digest.selection.segment_key); one too long
 for its column is stored as its digest, and the stories are then read from the segment's

@@ -22,10 +22,14 @@ Invariants:
   charging any recipient: the untried rows go back to the queue and the task retries later.
 - One recipient whose message cannot be built (bad data, or a segment the database refuses:
   digest.ledger.segment) fails alone; the batch goes on.
+- Never a story twice: a message enters ``sending`` only if its reader has not received one of
+  its stories since the batch read the ledger (another newsletter's message, sent by another
+  worker meanwhile); otherwise it is chosen again from the ledger as it is then.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -39,7 +43,18 @@ from email.utils import parseaddr
 from typing import Any
 
 from jinja2 import TemplateError
-from sqlalchemy import ColumnElement, Update, and_, bindparam, exists, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Update,
+    and_,
+    bindparam,
+    exists,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -47,7 +62,7 @@ from digest.bounce_reports import ReportKind, classify_smtp_reply
 from digest.bounces import record_bounce
 from digest.config import DEFAULT_STALL_SECONDS, MAX_BATCH_SECONDS, Settings
 from digest.editions import extend_pool
-from digest.ledger import SegmentUnavailable, readers, segment
+from digest.ledger import RECEIVED, SegmentUnavailable, readers, received_stories, segment
 from digest.logs import log_context
 from digest.mail import (
     PermanentError,
@@ -65,6 +80,7 @@ from digest.models import (
     DeliveryState,
     Edition,
     Link,
+    SegmentStory,
     Subscriber,
     SubscriberStatus,
     Subscription,
@@ -182,17 +198,76 @@ def _set(
     return bool(done.rowcount)
 
 
-def _begin(session: Session, delivery_id: int, segment_id: int) -> bool:
-    """Enter the SMTP window, recording the stories the message carries in the sent-stories
-    ledger (digest.ledger); False if the delivery was cancelled since it was claimed."""
-    return _set(
-        session,
-        delivery_id,
-        (DeliveryState.QUEUED,),
-        state=DeliveryState.SENDING,
-        lease_until=utcnow() + LEASE,
-        segment_id=segment_id,
+# Namespace of the per-reader advisory locks taken when a message enters the SMTP window.
+_READER_LOCK = 0x6C656467  # "ledg"
+
+
+@functools.cache
+def _begin_statement() -> Update:
+    """queued → sending, recording the message's segment, unless the reader has meanwhile
+    received one of its stories in another delivery. Personalising left out what the reader
+    had received when the batch read the ledger, so an overlap here can only come from a
+    message of another newsletter that entered the window since: this one is then rebuilt."""
+    table = Delivery.__table__
+    other = table.alias("other")
+    mine = SegmentStory.__table__.alias("mine")
+    theirs = SegmentStory.__table__.alias("theirs")
+    overlap = (
+        select(1)
+        .where(
+            other.c.subscriber_id == table.c.subscriber_id,
+            other.c.id != table.c.id,
+            other.c.state.in_(RECEIVED),
+            theirs.c.segment_id == other.c.segment_id,
+            mine.c.segment_id == bindparam("segment_id"),
+            mine.c.story_id == theirs.c.story_id,
+        )
+        .exists()
     )
+    return (
+        update(table)
+        .where(
+            table.c.id == bindparam("delivery_id"), table.c.state == DeliveryState.QUEUED, ~overlap
+        )
+        .values(
+            state=DeliveryState.SENDING,
+            lease_until=bindparam("lease_until", type_=table.c.lease_until.type),
+            segment_id=bindparam("segment_id"),
+        )
+    )
+
+
+def _begin(
+    session: Session, delivery_id: int, subscriber_id: int, segment_id: int, *, check: bool
+) -> bool:
+    """Enter the SMTP window, recording the stories the message carries in the sent-stories
+    ledger (digest.ledger); False if the delivery was cancelled since it was claimed, or (with
+    ``check``) if the reader received one of its stories meanwhile (see _begin_statement).
+
+    On PostgreSQL a transaction-scoped advisory lock on the reader makes two newsletters'
+    batches enter the window for one reader one after the other, so each sees the other's
+    stories; SQLite runs one writer at a time anyway."""
+    if not check:
+        return _set(
+            session,
+            delivery_id,
+            (DeliveryState.QUEUED,),
+            state=DeliveryState.SENDING,
+            lease_until=utcnow() + LEASE,
+            segment_id=segment_id,
+        )
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        connection.execute(
+            text("SELECT pg_advisory_xact_lock(:space, :reader)"),
+            {"space": _READER_LOCK, "reader": subscriber_id},
+        )
+    done = connection.execute(
+        _begin_statement(),
+        {"delivery_id": delivery_id, "segment_id": segment_id, "lease_until": utcnow() + LEASE},
+    )
+    session.commit()
+    return bool(done.rowcount)
 
 
 def _settle(
@@ -392,10 +467,22 @@ class EditionMailer:
         return Message(message, segment_id)
 
 
+class _ReceivedMeanwhile(Exception):
+    """The reader received one of the message's stories since the batch read the ledger."""
+
+
 def _hand_over(
-    session: Session, mailer: EditionMailer, sender: Sender, recipient: Recipient, message: Message
+    session: Session,
+    mailer: EditionMailer,
+    sender: Sender,
+    recipient: Recipient,
+    message: Message,
+    *,
+    check: bool = True,
 ) -> DeliveryState | None:
-    """Send one message and record its outcome; None if it was cancelled meanwhile.
+    """Send one message and record its outcome; None if it was cancelled meanwhile. Raises
+    _ReceivedMeanwhile (nothing sent) when ``check`` finds the reader got one of its stories
+    since the batch began.
 
     TransportUnavailable propagates: the relay, not the recipient, is the problem.
     """
@@ -407,8 +494,13 @@ def _hand_over(
             recipient.email,
             message.data,
             key,
-            lambda: _begin(session, delivery_id, message.segment_id),
+            lambda: _begin(
+                session, delivery_id, recipient.subscriber_id, message.segment_id, check=check
+            ),
         ):
+            state = session.scalar(select(Delivery.state).where(Delivery.id == delivery_id))
+            if check and state is DeliveryState.QUEUED:
+                raise _ReceivedMeanwhile
             return None
     except UncertainOutcome as exc:
         log.warning("delivery %s: outcome unknown, not resent: %s", delivery_id, exc)
@@ -472,6 +564,31 @@ def _build_and_hand_over(
     session: Session, mailer: EditionMailer, sender: Sender, recipient: Recipient
 ) -> DeliveryState | None:
     try:
+        return _build_and_hand_over_once(session, mailer, sender, recipient, check=True)
+    except _ReceivedMeanwhile:
+        # Another newsletter's message reached the reader while this batch ran: choose again
+        # from the ledger as it is now. The window left (one message's build) is not checked
+        # again, so a reader mailed by many newsletters at once cannot hold a batch up.
+        pool = {i["story_id"] for b in mailer.edition.content["blocks"] for i in b["items"]}
+        received = received_stories(session, [recipient.subscriber_id], pool)
+        reader = dataclasses.replace(
+            recipient.reader, received=frozenset(received.get(recipient.subscriber_id, ()))
+        )
+        log.info("delivery %s: chosen again, a story reached the reader", recipient.delivery_id)
+        return _build_and_hand_over_once(
+            session, mailer, sender, dataclasses.replace(recipient, reader=reader), check=False
+        )
+
+
+def _build_and_hand_over_once(
+    session: Session,
+    mailer: EditionMailer,
+    sender: Sender,
+    recipient: Recipient,
+    *,
+    check: bool,
+) -> DeliveryState | None:
+    try:
         message = mailer.message(recipient, utcnow())
     except ThinEdition as exc:
         _settle(session, recipient.delivery_id, DeliveryState.CANCELLED, last_error=str(exc))
@@ -485,7 +602,7 @@ def _build_and_hand_over(
             last_error=f"message could not be built: {exc!r}",
         )
         return DeliveryState.FAILED
-    return _hand_over(session, mailer, sender, recipient, message)
+    return _hand_over(session, mailer, sender, recipient, message, check=check)
 
 
 def _recipients(session: Session, edition: Edition, claimed: list[int]) -> list[Recipient]:

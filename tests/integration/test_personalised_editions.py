@@ -4,11 +4,13 @@ the reader's last one, and a reader with a thin day gets nothing."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
 
+from digest import sending
 from digest.config import Settings, load_settings
 from digest.db import migrate, session_factory
 from digest.editions import NothingToSend, prepare_edition
@@ -317,3 +319,37 @@ def test_a_segment_the_database_refuses_fails_only_its_delivery(settings: Settin
     state, error = outcomes["sport@example.org"]
     assert state == DeliveryState.FAILED and "no segment" in error
     assert _titles_by_reader(settings, edition.id) == {"world@example.org": ["World story 1"]}
+
+
+def test_two_newsletters_at_once_never_give_a_reader_one_story_twice(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sessions = session_factory(settings.database_url)
+    with sessions() as session:
+        morning = _newsletter(session, "morning", latest_limit=2)
+        alerts = _newsletter(session, "alerts", latest_limit=2)
+        subscribe_active(session, morning, "both@example.org")
+        subscribe_active(session, alerts, "both@example.org")
+        for n in range(1, 5):
+            _story(session, n, "World", DAY1 - timedelta(hours=n))
+        session.commit()
+        first = prepare_edition(session, morning, DAY1.date(), DAY1)
+        second = prepare_edition(session, alerts, DAY1.date(), DAY1)
+    send_until_done(settings, first.id)
+    # The second newsletter's batch read the ledger before the first one's message went out
+    # (two workers at once): its reader looks as if nothing had been received.
+    real_readers = sending.readers
+    monkeypatch.setattr(
+        sending,
+        "readers",
+        lambda *args, **kwargs: {
+            sid: dataclasses.replace(reader, received=frozenset())
+            for sid, reader in real_readers(*args, **kwargs).items()
+        },
+    )
+    send_until_done(settings, second.id)
+    shown = {**_titles_by_reader(settings, first.id)}
+    later = _titles_by_reader(settings, second.id)
+    assert shown["both@example.org"] == ["World story 1", "World story 2"]
+    # Chosen again when its message entered the window: the next stories, not the same ones.
+    assert later["both@example.org"] == ["World story 3", "World story 4"]

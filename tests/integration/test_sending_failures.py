@@ -325,11 +325,11 @@ def test_a_success_waiting_for_its_commit_survives_a_failed_statement(
     real_begin = sending._begin
     calls = []
 
-    def failing_second_begin(session, delivery_id, segment_id):
+    def failing_second_begin(session, delivery_id, *args, **kwargs):
         calls.append(delivery_id)
         if len(calls) == 2:
             session.execute(text("SELECT 1 / 0"))  # aborts the transaction
-        return real_begin(session, delivery_id, segment_id)
+        return real_begin(session, delivery_id, *args, **kwargs)
 
     monkeypatch.setattr(sending, "_begin", failing_second_begin)
     with pytest.raises(DBAPIError):
