@@ -1,4 +1,4 @@
-"""Shared fixtures: real services, an SMTP sink, a real Celery worker, a real web server.
+"""Shared fixtures: real services, SMTP sinks, a real Celery worker, a real web server.
 
 Services that the machine runs (PostgreSQL, Redis, RabbitMQ) are required in CI (CI=true): a
 missing one fails the test loudly. Elsewhere the test is skipped with the reason.
@@ -7,9 +7,11 @@ missing one fails the test loudly. Elsewhere the test is skipped with the reason
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from digest.config import Settings, load_settings
 from digest.db import migrate, session_factory
 from tests.support import (
+    SMTP_SINK,
     LocalSite,
+    PostfixSink,
     Service,
     SmtpSink,
     free_port,
@@ -118,6 +122,33 @@ def smtp_sink() -> Iterator[SmtpSink]:
         yield sink
     finally:
         controller.stop()
+
+
+@pytest.fixture
+def postfix_sink(tmp_path: Path) -> Iterator[Callable[[Sequence[str]], PostfixSink]]:
+    """Start Postfix's smtp-sink with fault flags, e.g. ``postfix_sink(["-q", "."])`` (see
+    tests.support.PostfixSink); all are stopped afterwards. Skipped where smtp-sink is not
+    installed, required in CI."""
+    if not os.access(SMTP_SINK, os.X_OK):
+        message = f"Postfix's smtp-sink is not installed at {SMTP_SINK} (Debian package postfix)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{message}; CI requires it")
+        pytest.skip(message)
+    sinks: list[PostfixSink] = []
+
+    def start(flags: Sequence[str] = ()) -> PostfixSink:
+        # Not under tmp_path: pytest's base directory is private to its user, and as root the
+        # sink writes its dumps as an unprivileged user (PostfixSink.start).
+        dump_dir = Path(tempfile.mkdtemp(prefix="smtp-sink-"))
+        sink = PostfixSink(flags, dump_dir, tmp_path / f"smtp-sink-{len(sinks)}.log")
+        sinks.append(sink)
+        sink.start()
+        return sink
+
+    yield start
+    for sink in sinks:
+        sink.stop()
+        shutil.rmtree(sink.dump_dir, ignore_errors=True)
 
 
 @pytest.fixture

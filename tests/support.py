@@ -1,16 +1,19 @@
-"""Helpers shared by the tests: service checks, an SMTP sink, a worker process, seed data, a
-local web site."""
+"""Helpers shared by the tests: service checks, SMTP sinks (aiosmtpd, Postfix's smtp-sink), a
+worker process, seed data, a local web site."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import pwd
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email import policy
@@ -134,6 +137,122 @@ class SmtpSink:
                 for rcpt in message.rcpt_tos:
                     result.setdefault(rcpt, []).append(message)
         return result
+
+
+SMTP_SINK = Path("/usr/sbin/smtp-sink")  # Debian's postfix package
+# smtp-sink refuses to run as root without -u: after binding, it drops to this user, who must be
+# able to write the dump directory.
+SMTP_SINK_USER = "nobody"
+# The options whose argument is a list of commands to refuse (-f 5xx, -r 4xx), hang up after
+# without a reply (-q), or answer with 421 and hang up (-Q).
+_SINK_FAULT_OPTIONS = frozenset({"-f", "-r", "-q", "-Q"})
+
+
+class PostfixSink:
+    """Postfix's smtp-sink (``man smtp-sink``) on 127.0.0.1 and a free port, with fault flags
+    given as separate arguments (``["-r", "RCPT"]``, ``["-q", "."]``, ``["-W", ".:2"]``), and
+    each message it reads dumped to its own file in ``dump_dir`` (``-d``).
+
+    smtp-sink opens a dump at MAIL, deletes it when the transaction is abandoned (RSET, EHLO,
+    a disconnect) and closes it at the final dot, *before* it answers the dot: a dump is a
+    message read in full, whatever the answer. Read the dumps once the client is done.
+    """
+
+    def __init__(
+        self, flags: Sequence[str], dump_dir: Path, log_path: Path, binary: Path = SMTP_SINK
+    ) -> None:
+        self.flags = tuple(flags)
+        self.dump_dir = dump_dir
+        self.log_path = log_path  # its diagnostics, and its counters (-c) for reading a failure
+        self.binary = binary
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        user: list[str] = []
+        if os.geteuid() == 0:
+            account = pwd.getpwnam(SMTP_SINK_USER)
+            os.chown(self.dump_dir, account.pw_uid, account.pw_gid)
+            user = ["-u", SMTP_SINK_USER]
+        # free_port() releases the port before smtp-sink binds it: another process may take it
+        # meanwhile, so a bind failure is retried on a new port.
+        for _ in range(3):
+            self.port = free_port()
+            with self.log_path.open("ab") as log:
+                self.proc = subprocess.Popen(
+                    [str(self.binary), *user, "-c", "-d", f"{self.dump_dir}/", *self.flags,
+                     f"127.0.0.1:{self.port}", "64"],
+                    stdout=log, stderr=subprocess.STDOUT,
+                )  # fmt: skip
+            if self._listening(timeout):
+                return
+            if "address already in use" not in self.output().lower():
+                break
+        raise AssertionError(f"smtp-sink {' '.join(self.flags)} did not start:\n{self.output()}")
+
+    def _listening(self, timeout: float) -> bool:
+        """True once the sink accepts a connection; False if it exited first."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            try:
+                # A session of its own in the sink's counters, and nothing else: no MAIL.
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return True
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"smtp-sink not listening after {timeout}s") from None
+                time.sleep(0.02)
+        return False
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def received(self) -> Counter[str]:
+        """Recipient → messages the sink read through their final dot (its dump files)."""
+        received: Counter[str] = Counter()
+        for dump in self.dump_dir.iterdir():
+            for line in dump.read_text(errors="replace").splitlines():
+                if line.startswith("Received:"):
+                    break  # the end of the headers smtp-sink writes; the message follows
+                if line.startswith("X-Rcpt-Args:"):
+                    # "X-Rcpt-Args: <reader001@example.org>", then any ESMTP parameters.
+                    received[line.split()[1].strip("<>")] += 1
+        return received
+
+    @property
+    def final_dot(self) -> str:
+        """How the sink answers each final dot, by its flags: "taken" (250, perhaps after a
+        -W delay, to a client that gave up waiting), "refused" (4xx or 5xx from -r or -f, 421
+        from -Q) or "unanswered" (-q: it hangs up, and the message may have been delivered)."""
+        # Options may repeat (-f RCPT -f .): smtp-sink applies each.
+        at_dot = {
+            option
+            for option, commands in zip(self.flags, self.flags[1:], strict=False)
+            if option in _SINK_FAULT_OPTIONS and "." in re.split(r"[\s,]+", commands)
+        }
+        if "-q" in at_dot:
+            return "unanswered"
+        return "refused" if at_dot else "taken"
+
+    def accepted(self) -> Counter[str]:
+        """Recipient → messages the sink took: answered their final dot with 250. The dump is
+        written before the answer, so it is every dump, or none when the flags refuse or drop
+        the final dot."""
+        return self.received() if self.final_dot == "taken" else Counter()
 
 
 class Service:
