@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from digest.config import Settings
 from digest.db import migrate, session_factory
@@ -41,6 +42,7 @@ from digest.models import (
     Newsletter,
     Open,
     OpenKind,
+    Subscriber,
     utcnow,
 )
 from digest.sample_site import demo_newsletter, register_sample_sources
@@ -298,6 +300,17 @@ def worker_command(env: dict[str, str]) -> list[str]:
     schedule = Path(env["DIGEST_DATA_DIR"]) / "celerybeat-schedule"
     return [sys.executable, "-m", "celery", "-A", "tasks.app", "worker", "--beat",
             "--schedule", str(schedule), "--concurrency", "2"]  # fmt: skip
+
+
+def deliveries_by_email(sessions: sessionmaker[Session], edition_id: int) -> dict[str, Delivery]:
+    """The edition's delivery rows by their reader's address."""
+    with sessions() as session:
+        rows = session.execute(
+            select(Subscriber.email, Delivery)
+            .join(Delivery, Delivery.subscriber_id == Subscriber.id)
+            .where(Delivery.edition_id == edition_id)
+        ).all()
+    return {email: delivery for email, delivery in rows}
 
 
 def all_final(settings: Settings, edition_id: int, total: int) -> Callable[[], bool]:

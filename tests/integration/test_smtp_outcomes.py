@@ -21,17 +21,12 @@ from digest.models import (
 )
 from digest.subscriptions import is_suppressed
 from digest.verp import UNSUBSCRIBE, delivery_of, tagged_delivery
-from tests.support import parse_message, prepare_sample_edition, send_until_done
-
-
-def _states_by_email(sessions, edition_id: int) -> dict[str, Delivery]:
-    with sessions() as session:
-        rows = session.execute(
-            select(Subscriber.email, Delivery)
-            .join(Delivery, Delivery.subscriber_id == Subscriber.id)
-            .where(Delivery.edition_id == edition_id)
-        ).all()
-    return {email: delivery for email, delivery in rows}
+from tests.support import (
+    deliveries_by_email,
+    parse_message,
+    prepare_sample_edition,
+    send_until_done,
+)
 
 
 def test_4xx_defers_5xx_fails_and_a_drop_after_the_dot_is_unknown(env, smtp_sink) -> None:
@@ -44,7 +39,7 @@ def test_4xx_defers_5xx_fails_and_a_drop_after_the_dot_is_unknown(env, smtp_sink
     edition = prepare_sample_edition(settings, 5)
     send_until_done(settings, edition.id)
 
-    rows = _states_by_email(sessions, edition.id)
+    rows = deliveries_by_email(sessions, edition.id)
     assert rows["reader001@example.org"].state == DeliveryState.SENT
     assert rows["reader005@example.org"].state == DeliveryState.SENT  # the batch went on
     deferred = rows["reader002@example.org"]
@@ -67,7 +62,7 @@ def test_4xx_defers_5xx_fails_and_a_drop_after_the_dot_is_unknown(env, smtp_sink
         session.commit()
         assert sending.reconcile(session, utcnow()) == {edition.id: 1}
     send_until_done(settings, edition.id)
-    rows = _states_by_email(sessions, edition.id)
+    rows = deliveries_by_email(sessions, edition.id)
     assert rows["reader002@example.org"].state == DeliveryState.SENT
     assert rows["reader002@example.org"].attempts == 2  # the deferral, then the delivery
     received = smtp_sink.by_recipient()
@@ -85,7 +80,7 @@ def test_each_delivery_has_its_own_signed_return_path(env, smtp_sink) -> None:
     sessions = session_factory(settings.database_url)
     edition = prepare_sample_edition(settings, 3)
     send_until_done(settings, edition.id)
-    rows = _states_by_email(sessions, edition.id)
+    rows = deliveries_by_email(sessions, edition.id)
     for rcpt, messages in smtp_sink.by_recipient().items():
         (message,) = messages
         assert message.mail_from.endswith("@bounces.news.example.com")

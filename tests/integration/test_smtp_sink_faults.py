@@ -35,7 +35,7 @@ from digest.models import (
     SubscriberStatus,
     utcnow,
 )
-from tests.support import PostfixSink, prepare_sample_edition, send_until_done
+from tests.support import PostfixSink, deliveries_by_email, prepare_sample_edition, send_until_done
 
 # One batch just big enough for the auto-pause to judge it: a batch in which every message
 # misses pauses the edition.
@@ -111,16 +111,6 @@ FAULTS = {
 }
 
 
-def _rows(sessions: sessionmaker[Session], edition_id: int) -> dict[str, Delivery]:
-    with sessions() as session:
-        rows = session.execute(
-            select(Subscriber.email, Delivery)
-            .join(Delivery, Delivery.subscriber_id == Subscriber.id)
-            .where(Delivery.edition_id == edition_id)
-        ).all()
-    return {email: delivery for email, delivery in rows}
-
-
 def _assert_exactly_once(rows: dict[str, Delivery], *sinks: PostfixSink) -> None:
     received = sum((sink.received() for sink in sinks), Counter())
     accepted = sum((sink.accepted() for sink in sinks), Counter())
@@ -168,7 +158,7 @@ def test_each_fault_is_recorded_and_nothing_goes_out_twice(
     settings = load_settings(env)
     sessions = session_factory(settings.database_url)
     edition_id = prepare_sample_edition(settings, fault.readers).id
-    rows = _rows(sessions, edition_id)
+    rows = deliveries_by_email(sessions, edition_id)
     readers = sorted(rows, key=lambda email: rows[email].id)  # the order a batch takes them
     assert len(readers) == fault.readers
     read = Counter(dict.fromkeys(readers[: fault.read], 1))
@@ -181,7 +171,7 @@ def test_each_fault_is_recorded_and_nothing_goes_out_twice(
         outcomes = sending.send_batch(sessions, settings, edition_id)
         assert outcomes == Counter({fault.state: fault.readers})
 
-    rows = _rows(sessions, edition_id)
+    rows = deliveries_by_email(sessions, edition_id)
     with sessions() as session:
         counts = sending.delivery_counts(session, edition_id)
         edition = session.get_one(Edition, edition_id)
@@ -238,7 +228,7 @@ def test_each_fault_is_recorded_and_nothing_goes_out_twice(
         email for email, row in rows.items() if row.state in (DEFERRED, DeliveryState.QUEUED)
     }
     assert clean.received() == Counter(dict.fromkeys(retried, 1))
-    after = _rows(sessions, edition_id)
+    after = deliveries_by_email(sessions, edition_id)
     for email, row in after.items():
         if email in retried:
             assert row.state == SENT
