@@ -39,10 +39,7 @@ def server() -> Iterator[DiscordFake]:
 
 @pytest.fixture
 def fake(server: DiscordFake) -> DiscordFake:
-    server.posts.clear()
-    server.requests.clear()
-    server.failures.clear()
-    return server
+    return server.reset()
 
 
 @pytest.fixture

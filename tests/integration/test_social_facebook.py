@@ -39,11 +39,7 @@ def server() -> Iterator[FacebookFake]:
 
 @pytest.fixture
 def fake(server: FacebookFake) -> FacebookFake:
-    server.posts.clear()
-    server.requests.clear()
-    server.failures.clear()
-    server.token_state = "valid"
-    return server
+    return server.reset()
 
 
 @pytest.fixture

@@ -51,11 +51,7 @@ def server() -> Iterator[LinkedInFake]:
 
 @pytest.fixture
 def fake(server: LinkedInFake) -> LinkedInFake:
-    server.posts.clear()
-    server.requests.clear()
-    server.failures.clear()
-    server.token_state = "valid"
-    return server
+    return server.reset()
 
 
 @pytest.fixture

@@ -52,11 +52,7 @@ def server() -> Iterator[SlackFake]:
 
 @pytest.fixture
 def fake(server: SlackFake) -> SlackFake:
-    server.posts.clear()
-    server.requests.clear()
-    server.failures.clear()
-    server.state = None
-    return server
+    return server.reset()
 
 
 @pytest.fixture

@@ -38,10 +38,7 @@ def server() -> Iterator[TelegramFake]:
 
 @pytest.fixture
 def fake(server: TelegramFake) -> TelegramFake:
-    server.posts.clear()
-    server.requests.clear()
-    server.failures.clear()
-    return server
+    return server.reset()
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 
@@ -72,6 +72,14 @@ class FakeServer:
 
     def route(self, method: str, pattern: str, handler: Handler) -> None:
         self._routes.append((method, re.compile(pattern), handler))
+
+    def reset(self) -> Self:
+        """Forget requests and pending failures, so one server can serve a module's tests;
+        fakes with state of their own extend this."""
+        with self.lock:
+            self.requests.clear()
+            self.failures.clear()
+        return self
 
     def fail_next(self, failure: Failure | None = None, times: int = 1, **kwargs: Any) -> None:
         with self.lock:

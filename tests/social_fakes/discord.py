@@ -18,7 +18,7 @@ import math
 import re
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 
 from tests.social_fakes.base import FakeServer, Reply, Request
 
@@ -47,6 +47,12 @@ class DiscordFake(FakeServer):
         self.posts: list[dict[str, Any]] = []
         self._ids = itertools.count(1_300_000_000_000_000_001)
         self.route("POST", r"/api(?:/v\d+)?/webhooks/(?P<id>\d+)/(?P<token>[^/]+)", self._execute)
+
+    def reset(self) -> Self:
+        super().reset()
+        with self.lock:
+            self.posts.clear()
+        return self
 
     @property
     def path(self) -> str:

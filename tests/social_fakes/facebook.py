@@ -15,7 +15,7 @@ import itertools
 import json
 import secrets
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote, urlsplit
 
 from tests.social_fakes.base import FakeServer, Reply, Request
@@ -49,6 +49,13 @@ class FacebookFake(FakeServer):
         self._ids = itertools.count(1_000_000_001)
         self.route("POST", _VERSION + r"/(?P<page>[^/]+)/feed", self._publish)
         self.route("GET", _VERSION + r"/(?P<page>[^/]+)/(?:published_posts|feed)", self._read)
+
+    def reset(self) -> Self:
+        super().reset()
+        with self.lock:
+            self.posts.clear()
+        self.token_state = "valid"
+        return self
 
     def throttle(self, code: int = 32, minutes: int = 3, **failure: Any) -> None:
         """Answer the next call as a throttled Page: Graph's rate-limit error plus the Business

@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import re
 import time
-from typing import Any
+from typing import Any, Self
 
 from tests.social_fakes.base import FakeServer, Reply, Request
 
@@ -98,6 +98,13 @@ class LinkedInFake(FakeServer):
         self._ids = itertools.count(7_300_000_000_000_000_001)
         self.route("POST", r"/rest/posts", self._create)
         self.route("GET", r"/rest/posts", self._find)
+
+    def reset(self) -> Self:
+        super().reset()
+        with self.lock:
+            self.posts.clear()
+        self.token_state = "valid"
+        return self
 
     def rate_limit(self, **failure: Any) -> None:
         """Answer the next call as LinkedIn's throttle does."""

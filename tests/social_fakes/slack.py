@@ -12,7 +12,7 @@ Slack does since 2018.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Self
 
 from tests.social_fakes.base import FakeServer, Reply, Request
 
@@ -36,6 +36,13 @@ class SlackFake(FakeServer):
         self.route(
             "POST", r"/services/(?P<team>[^/]+)/(?P<bot>[^/]+)/(?P<secret>[^/]+)", self._post
         )
+
+    def reset(self) -> Self:
+        super().reset()
+        with self.lock:
+            self.posts.clear()
+        self.state = None
+        return self
 
     @property
     def path(self) -> str:

@@ -14,7 +14,7 @@ import json
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from tests.social_fakes.base import FakeServer, Reply, Request
 
@@ -53,6 +53,12 @@ class TelegramFake(FakeServer):
         # Every message the bot posted: the chat, the text and the preview options as sent.
         self.posts: list[dict[str, Any]] = []
         self.route("POST", r"/bot(?P<token>[^/]+)/(?P<method>\w+)", self._method)
+
+    def reset(self) -> Self:
+        super().reset()
+        with self.lock:
+            self.posts.clear()
+        return self
 
     def flood(self, retry_after: int, **failure: Any) -> None:
         """Answer the next call as Telegram's flood control does."""
