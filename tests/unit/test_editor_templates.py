@@ -122,10 +122,11 @@ LOOP_FOREVER = "{% for i in range(99999) %}{% for j in range(99999) %}"
         ("{{ 'x'.encode() * 10**9 }}", "a product of more than 10,000 items"),
         ("{{ (((10**100)**100)**100)**100 }}", "a number of more than 1,000 digits"),
         ("{% set n = 10**900 %}{{ n * n }}", "a number of more than 1,000 digits"),
-        # What passes every check runs into the memory cap...
+        # What passes every check runs into the memory cap (one string of 100 MB, then one of
+        # 300 MB, refused at once, so that a busy machine cannot turn this into the deadline)...
         (
             "{% set row = 'x' * 10000 %}{% set text = [row] * 10000 %}"
-            "{{ [text|join, text|join, text|join]|join|length }}",
+            "{{ ([text|join] * 3)|join|length }}",
             "the template needs too much memory: build shorter strings and lists",
         ),
         # ...or the deadline: a single step in C that the alarm cannot interrupt.
