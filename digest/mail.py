@@ -172,12 +172,15 @@ class Sender(Protocol):
         message: bytes,
         key: str,
         begin: Callable[[], bool],
+        meanwhile: Callable[[], None] | None = None,
     ) -> bool:
         """Hand one message over, or raise a TransportError subclass.
 
         ``begin`` is called once the recipient is accepted and right before the message
         itself goes out; when it returns False (the delivery was cancelled meanwhile) nothing
-        is sent and ``send`` returns False. ``key`` is unique per delivery and stable across
+        is sent and ``send`` returns False. ``meanwhile`` is called once the whole message has
+        gone out, while the relay decides on it, so the caller's next piece of work overlaps
+        the relay's; it must not raise. ``key`` is unique per delivery and stable across
         retries.
         """
 
@@ -196,6 +199,7 @@ class Outbox:
         message: bytes,
         key: str,
         begin: Callable[[], bool],
+        meanwhile: Callable[[], None] | None = None,
     ) -> bool:
         if not begin():
             return False
@@ -209,6 +213,8 @@ class Outbox:
             raise TransportUnavailable(
                 f"cannot write to the outbox {self.directory}: {exc}"
             ) from exc
+        if meanwhile is not None:
+            meanwhile()
         return True
 
 
@@ -340,10 +346,11 @@ class SmtpSender:
         message: bytes,
         key: str,
         begin: Callable[[], bool],
+        meanwhile: Callable[[], None] | None = None,
     ) -> bool:
         self._mid_exchange = True
         try:
-            accepted = self._exchange(envelope_from, recipient, message, begin)
+            accepted = self._exchange(envelope_from, recipient, message, begin, meanwhile)
         except TransportError:
             self._mid_exchange = False  # placed and handled: the connection is usable or gone
             raise
@@ -351,7 +358,12 @@ class SmtpSender:
         return accepted
 
     def _exchange(
-        self, envelope_from: str, recipient: str, message: bytes, begin: Callable[[], bool]
+        self,
+        envelope_from: str,
+        recipient: str,
+        message: bytes,
+        begin: Callable[[], bool],
+        meanwhile: Callable[[], None] | None,
     ) -> bool:
         smtp = self._connection()
         try:
@@ -371,6 +383,8 @@ class SmtpSender:
         except (smtplib.SMTPException, OSError) as exc:
             self._drop()
             raise TransportUnavailable(f"connection to {self.host} lost: {exc}") from exc
+        if meanwhile is not None:
+            meanwhile()  # the relay is busy with the message: its reply will wait for us
         try:
             code, reply = smtp.getreply()
         except (smtplib.SMTPException, OSError) as exc:

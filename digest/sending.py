@@ -12,12 +12,12 @@ Invariants:
   workers never hold the same row. A claimed row stays ``queued``: if its worker dies, the lease
   runs out and the row is simply claimed again.
 - A row becomes ``sending`` (committed) only once the relay accepted its recipient, right
-  before the message itself goes out. On PostgreSQL its outcome is committed with the next
-  message's ``sending`` (one commit per message instead of two), or at once when it is not a
-  plain success, before a wait for the send rate, or when the batch ends. So a crash leaves at
-  most one message in ``sending``: the one being handed over, or the one just accepted whose
-  success was not committed yet. When its lease runs out the reconciler marks it ``unknown``:
-  it may have been delivered, so it is never resent.
+  before the message itself goes out. On PostgreSQL a success is written and committed with
+  the next message's ``sending`` (one commit per message instead of two), or with the next
+  outcome that is not a plain success, before a wait for the send rate, or when the batch ends
+  (_Records). So a crash leaves at most one message in ``sending``: the one being handed over,
+  or the one just accepted whose success was not committed yet. When its lease runs out the
+  reconciler marks it ``unknown``: it may have been delivered, so it is never resent.
 - A relay that takes nothing (down, refusing the sender, closing) stops the batch without
   charging any recipient: the untried rows go back to the queue and the task retries later.
 - One recipient whose message cannot be built (bad data, or a segment the database refuses:
@@ -45,6 +45,7 @@ from typing import Any
 from jinja2 import TemplateError
 from sqlalchemy import (
     ColumnElement,
+    Select,
     Update,
     and_,
     bindparam,
@@ -52,7 +53,6 @@ from sqlalchemy import (
     func,
     or_,
     select,
-    text,
     update,
 )
 from sqlalchemy.exc import SQLAlchemyError
@@ -102,6 +102,11 @@ RETRY_BASE = timedelta(minutes=5)
 # deferred or unknown) pauses its edition until someone looks (``digest editions resume``).
 AUTO_PAUSE_MIN_ATTEMPTS = 20
 AUTO_PAUSE_SHARE = 0.5
+# This many messages in a row whose outcome is unknown (the relay hung up on, or never answered,
+# their final dot) stop the batch and pause the edition at once: each one is a reader who may
+# or may not have it and never gets it again, and a relay that times out on every message (30 s
+# each) would never reach the share above within a batch's time.
+UNKNOWN_IN_A_ROW = 3
 
 # When an edition's send messages were lost, this many self-continuing tasks take it up again:
 # enough to keep a few workers busy, few enough that a false alarm costs nothing.
@@ -237,39 +242,6 @@ def _begin_statement() -> Update:
     )
 
 
-def _begin(
-    session: Session, delivery_id: int, subscriber_id: int, segment_id: int, *, check: bool
-) -> bool:
-    """Enter the SMTP window, recording the stories the message carries in the sent-stories
-    ledger (digest.ledger); False if the delivery was cancelled since it was claimed, or (with
-    ``check``) if the reader received one of its stories meanwhile (see _begin_statement).
-
-    On PostgreSQL a transaction-scoped advisory lock on the reader makes two newsletters'
-    batches enter the window for one reader one after the other, so each sees the other's
-    stories; SQLite runs one writer at a time anyway."""
-    if not check:
-        return _set(
-            session,
-            delivery_id,
-            (DeliveryState.QUEUED,),
-            state=DeliveryState.SENDING,
-            lease_until=utcnow() + LEASE,
-            segment_id=segment_id,
-        )
-    connection = session.connection()
-    if connection.dialect.name == "postgresql":
-        connection.execute(
-            text("SELECT pg_advisory_xact_lock(:space, :reader)"),
-            {"space": _READER_LOCK, "reader": subscriber_id},
-        )
-    done = connection.execute(
-        _begin_statement(),
-        {"delivery_id": delivery_id, "segment_id": segment_id, "lease_until": utcnow() + LEASE},
-    )
-    session.commit()
-    return bool(done.rowcount)
-
-
 def _settle(
     session: Session,
     delivery_id: int,
@@ -290,6 +262,118 @@ def _settle(
         lease_until=None,
         **values,
     )
+
+
+def _success(delivery_id: int, sent_at: datetime) -> dict[str, object]:
+    """The parameters of _success_statement: what ``_settle`` writes for SENT."""
+    values = {"state": DeliveryState.SENT, "lease_until": None, "sent_at": sent_at}
+    return {"delivery_id": delivery_id, "last_error": None, **values}
+
+
+def _success_statement() -> Update:
+    return _update_statement(
+        (DeliveryState.QUEUED, DeliveryState.SENDING),
+        ("last_error", "lease_until", "sent_at", "state"),
+        True,
+    )
+
+
+@functools.cache
+def _lock_statement(with_success: bool) -> Select[Any]:
+    """Take the reader's advisory lock; with ``with_success``, in the same statement (and
+    round trip), record the previous message's success."""
+    lock = select(func.pg_advisory_xact_lock(bindparam("space"), bindparam("reader")))
+    if with_success:
+        succeeded = _success_statement().returning(Delivery.__table__.c.id).cte("succeeded")
+        lock = lock.add_cte(succeeded)
+    return lock
+
+
+class _Records:
+    """A batch's writes to its delivery rows, over one session.
+
+    On PostgreSQL a success is held here, not written when it happens: the next message's
+    entry into the SMTP window writes it (in the statement that takes that reader's lock) and
+    commits it with that entry, so a message costs one commit and three round trips; so does
+    the next outcome, or ``commit`` (before a wait, when the batch ends). The open transaction
+    would lock only the row, which is ours anyway. SQLite locks the whole database for a
+    writer, so there a success is committed at once: other workers must not wait behind our
+    next SMTP exchange.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.postgresql = session.get_bind().dialect.name == "postgresql"
+        # The success not committed yet: (delivery id, when the relay took it).
+        self.unwritten: tuple[int, datetime] | None = None
+
+    def sent(self, delivery_id: int) -> None:
+        if self.postgresql:
+            self.unwritten = (delivery_id, utcnow())
+        else:
+            _settle(
+                self.session, delivery_id, DeliveryState.SENT, sent_at=utcnow(), last_error=None
+            )
+
+    def settle(self, delivery_id: int, state: DeliveryState, **values: object) -> None:
+        """Record an outcome other than a plain success (and the success held, if any) and
+        commit."""
+        self._write_unwritten()
+        _settle(self.session, delivery_id, state, **values)
+        self.unwritten = None
+
+    def commit(self) -> None:
+        self._write_unwritten()
+        self.session.commit()
+        self.unwritten = None
+
+    def _write_unwritten(self) -> None:
+        if self.unwritten is not None:
+            self.session.connection().execute(_success_statement(), _success(*self.unwritten))
+
+    def begin(self, delivery_id: int, subscriber_id: int, segment_id: int, *, check: bool) -> bool:
+        """Enter the SMTP window, recording the stories the message carries in the
+        sent-stories ledger (digest.ledger); False if the delivery was cancelled since it was
+        claimed, or (with ``check``) if the reader received one of its stories meanwhile (see
+        _begin_statement).
+
+        On PostgreSQL a transaction-scoped advisory lock on the reader makes two newsletters'
+        batches enter the window for one reader one after the other, so each sees the other's
+        stories; SQLite runs one writer at a time anyway."""
+        connection = self.session.connection()
+        lease_until = utcnow() + LEASE
+        if not check:
+            self._write_unwritten()
+            done = _set(
+                self.session,
+                delivery_id,
+                (DeliveryState.QUEUED,),
+                commit=False,
+                state=DeliveryState.SENDING,
+                lease_until=lease_until,
+                segment_id=segment_id,
+            )
+        else:
+            if self.postgresql:
+                lock: dict[str, object] = {"space": _READER_LOCK, "reader": subscriber_id}
+                if self.unwritten is not None:
+                    lock |= _success(*self.unwritten)
+                connection.execute(_lock_statement(self.unwritten is not None), lock)
+            else:
+                self._write_unwritten()
+            done = bool(
+                connection.execute(
+                    _begin_statement(),
+                    {
+                        "delivery_id": delivery_id,
+                        "segment_id": segment_id,
+                        "lease_until": lease_until,
+                    },
+                ).rowcount
+            )
+        self.session.commit()
+        self.unwritten = None
+        return done
 
 
 def _release(session: Session, delivery_ids: list[int], states: tuple[DeliveryState, ...]) -> None:
@@ -472,20 +556,22 @@ class _ReceivedMeanwhile(Exception):
 
 
 def _hand_over(
-    session: Session,
+    records: _Records,
     mailer: EditionMailer,
     sender: Sender,
     recipient: Recipient,
     message: Message,
+    meanwhile: Callable[[], None] | None,
     *,
     check: bool = True,
 ) -> DeliveryState | None:
     """Send one message and record its outcome; None if it was cancelled meanwhile. Raises
     _ReceivedMeanwhile (nothing sent) when ``check`` finds the reader got one of its stories
-    since the batch began.
+    since the batch began. ``meanwhile`` runs while the relay decides (Sender.send).
 
     TransportUnavailable propagates: the relay, not the recipient, is the problem.
     """
+    session = records.session
     delivery_id = recipient.delivery_id
     key = f"{mailer.edition.id}-{delivery_id}"
     try:
@@ -494,9 +580,10 @@ def _hand_over(
             recipient.email,
             message.data,
             key,
-            lambda: _begin(
-                session, delivery_id, recipient.subscriber_id, message.segment_id, check=check
+            lambda: records.begin(
+                delivery_id, recipient.subscriber_id, message.segment_id, check=check
             ),
+            meanwhile,
         ):
             state = session.scalar(select(Delivery.state).where(Delivery.id == delivery_id))
             if check and state is DeliveryState.QUEUED:
@@ -504,43 +591,31 @@ def _hand_over(
             return None
     except UncertainOutcome as exc:
         log.warning("delivery %s: outcome unknown, not resent: %s", delivery_id, exc)
-        _settle(session, delivery_id, DeliveryState.UNKNOWN, last_error=str(exc))
+        records.settle(delivery_id, DeliveryState.UNKNOWN, last_error=str(exc))
         return DeliveryState.UNKNOWN
     except PermanentError as exc:
         log.warning("delivery %s failed: %s", delivery_id, exc)
-        _settle(session, delivery_id, DeliveryState.FAILED, last_error=str(exc))
+        records.settle(delivery_id, DeliveryState.FAILED, last_error=str(exc))
         _bounced(session, delivery_id, classify_smtp_reply(exc.code, str(exc)), str(exc))
         return DeliveryState.FAILED
     except TransientError as exc:
         attempts = session.scalar(select(Delivery.attempts).where(Delivery.id == delivery_id))
         if attempts is None or attempts + 1 >= MAX_ATTEMPTS:
             log.warning("delivery %s failed after %s attempts: %s", delivery_id, attempts, exc)
-            _settle(session, delivery_id, DeliveryState.FAILED, last_error=str(exc))
+            records.settle(delivery_id, DeliveryState.FAILED, last_error=str(exc))
             # Throttling that outlasted the retries is still about our sending, not the
             # address: classified, it does not count towards suppression.
             _bounced(session, delivery_id, classify_smtp_reply(exc.code, str(exc)), str(exc))
             return DeliveryState.FAILED
         log.info("delivery %s deferred: %s", delivery_id, exc)
-        _settle(
-            session,
+        records.settle(
             delivery_id,
             DeliveryState.DEFERRED,
             last_error=str(exc),
             next_attempt_at=utcnow() + retry_delay(attempts + 1),
         )
         return DeliveryState.DEFERRED
-    # On PostgreSQL, committed with the next message's start (or the batch's end): see the
-    # module's invariants. The open transaction locks only this row, which is ours anyway.
-    # SQLite locks the whole database for a writer, so there it is committed at once: other
-    # workers must not wait behind our next SMTP exchange.
-    _settle(
-        session,
-        delivery_id,
-        DeliveryState.SENT,
-        commit=session.get_bind().dialect.name != "postgresql",
-        sent_at=utcnow(),
-        last_error=None,
-    )
+    records.sent(delivery_id)
     return DeliveryState.SENT
 
 
@@ -560,49 +635,96 @@ def _bounced(session: Session, delivery_id: int, kind: ReportKind, reply: str) -
     session.commit()
 
 
-def _build_and_hand_over(
-    session: Session, mailer: EditionMailer, sender: Sender, recipient: Recipient
-) -> DeliveryState | None:
+def _build(
+    records: _Records, mailer: EditionMailer, recipient: Recipient
+) -> Message | DeliveryState:
+    """The reader's message, or the outcome recorded when there is none: a thin day for this
+    reader (cancelled), or a message that cannot be built (failed, alone)."""
     try:
-        return _build_and_hand_over_once(session, mailer, sender, recipient, check=True)
-    except _ReceivedMeanwhile:
-        # Another newsletter's message reached the reader while this batch ran: choose again
-        # from the ledger as it is now. The window left (one message's build) is not checked
-        # again, so a reader mailed by many newsletters at once cannot hold a batch up.
-        pool = {i["story_id"] for b in mailer.edition.content["blocks"] for i in b["items"]}
-        received = received_stories(session, [recipient.subscriber_id], pool)
-        reader = dataclasses.replace(
-            recipient.reader, received=frozenset(received.get(recipient.subscriber_id, ()))
-        )
-        log.info("delivery %s: chosen again, a story reached the reader", recipient.delivery_id)
-        return _build_and_hand_over_once(
-            session, mailer, sender, dataclasses.replace(recipient, reader=reader), check=False
-        )
-
-
-def _build_and_hand_over_once(
-    session: Session,
-    mailer: EditionMailer,
-    sender: Sender,
-    recipient: Recipient,
-    *,
-    check: bool,
-) -> DeliveryState | None:
-    try:
-        message = mailer.message(recipient, utcnow())
+        return mailer.message(recipient, utcnow())
     except ThinEdition as exc:
-        _settle(session, recipient.delivery_id, DeliveryState.CANCELLED, last_error=str(exc))
+        records.settle(recipient.delivery_id, DeliveryState.CANCELLED, last_error=str(exc))
         return DeliveryState.CANCELLED
     except (ValueError, LookupError, TypeError, TemplateError, SegmentUnavailable) as exc:
         log.error("delivery %s cannot be built: %r", recipient.delivery_id, exc)
-        _settle(
-            session,
+        records.settle(
             recipient.delivery_id,
             DeliveryState.FAILED,
             last_error=f"message could not be built: {exc!r}",
         )
         return DeliveryState.FAILED
-    return _hand_over(session, mailer, sender, recipient, message, check=check)
+
+
+def _deliver(
+    records: _Records,
+    mailer: EditionMailer,
+    sender: Sender,
+    recipient: Recipient,
+    built: Message | DeliveryState,
+    meanwhile: Callable[[], None] | None,
+) -> DeliveryState | None:
+    """Hand the reader's built message over; its outcome (None: cancelled meanwhile)."""
+    if isinstance(built, DeliveryState):
+        return built
+    try:
+        return _hand_over(records, mailer, sender, recipient, built, meanwhile)
+    except _ReceivedMeanwhile:
+        # Another newsletter's message reached the reader while this batch ran: choose again
+        # from the ledger as it is now. The window left (one message's build) is not checked
+        # again, so a reader mailed by many newsletters at once cannot hold a batch up.
+        pool = {i["story_id"] for b in mailer.edition.content["blocks"] for i in b["items"]}
+        received = received_stories(records.session, [recipient.subscriber_id], pool)
+        reader = dataclasses.replace(
+            recipient.reader, received=frozenset(received.get(recipient.subscriber_id, ()))
+        )
+        log.info("delivery %s: chosen again, a story reached the reader", recipient.delivery_id)
+        recipient = dataclasses.replace(recipient, reader=reader)
+        rebuilt = _build(records, mailer, recipient)
+        if isinstance(rebuilt, DeliveryState):
+            return rebuilt
+        return _hand_over(records, mailer, sender, recipient, rebuilt, meanwhile, check=False)
+
+
+class _BuiltAhead:
+    """The next reader's message, built while the relay decides on the current one (its
+    Jinja fill, tokens and MIME then cost no wall-clock time of their own). Whatever is not
+    built ahead (the first reader; after a refusal, which is replied to before the message
+    goes out) is built in its turn.
+
+    An error while building ahead is raised in that reader's turn, as if the message had been
+    built then: raised between the final dot and its reply, it would leave the current
+    message's outcome unknown."""
+
+    def __init__(self, records: _Records, mailer: EditionMailer) -> None:
+        self.records = records
+        self.mailer = mailer
+        self.built: dict[int, Message | DeliveryState | Exception] = {}
+
+    def take(self, recipient: Recipient) -> Message | DeliveryState:
+        built = self.built.pop(recipient.delivery_id, None)
+        if built is None:
+            return _build(self.records, self.mailer, recipient)
+        if isinstance(built, Exception):
+            raise built
+        return built
+
+    def meanwhile(self, upcoming: list[Recipient]) -> Callable[[], None] | None:
+        """What to do while the relay decides: build the first of ``upcoming``, if any."""
+        if not upcoming:
+            return None
+        following = upcoming[0]
+
+        def build() -> None:
+            try:
+                self.built[following.delivery_id] = _build(self.records, self.mailer, following)
+            except Exception as exc:
+                if isinstance(exc, SQLAlchemyError):
+                    # Nothing is uncommitted here; the current message's outcome needs a
+                    # usable session.
+                    self.records.session.rollback()
+                self.built[following.delivery_id] = exc
+
+        return build
 
 
 def _recipients(session: Session, edition: Edition, claimed: list[int]) -> list[Recipient]:
@@ -670,13 +792,20 @@ def send_batch(
     """Claim and send the next batch of the edition; returns the outcomes (empty when there
     was nothing left to claim). Raises TransportUnavailable when the relay takes nothing."""
     outcomes: Counter[DeliveryState] = Counter()
-    with log_context(edition_id=edition_id), sessions() as session:
+    # One connection for the whole batch: a session on the engine would hand its connection
+    # back at every commit (one per message) and check one out again, with a ping.
+    with (
+        log_context(edition_id=edition_id),
+        sessions.kw["bind"].connect() as connection,
+        sessions(bind=connection) as session,
+    ):
         untried = claim_batch(session, edition_id, settings.batch_size, utcnow())
         if not untried:
             return outcomes
+        records = _Records(session)
         in_flight: int | None = None
-        last_sent: int | None = None
         not_sent: list[int] = []
+        unknown_in_a_row = 0
         try:
             edition = session.get_one(Edition, edition_id)
             mailer = EditionMailer(session, settings, edition)
@@ -689,11 +818,12 @@ def send_batch(
             # Well inside the task's soft time limit: the rest goes back to the queue for the
             # next task rather than being cut off mid-exchange (a slow relay, a low rate).
             deadline = time.monotonic() + MAX_BATCH_SECONDS
+            ahead = _BuiltAhead(records, mailer)
             with open_sender(settings.smtp_url) as sender:
-                for recipient in recipients:
+                for n, recipient in enumerate(recipients):
                     for bucket in (limit, domain_limits.get(recipient.domain)):
                         if bucket is not None:
-                            session.commit()  # a waiting outcome is not held through a wait
+                            records.commit()  # a waiting outcome is not held through a wait
                             bucket.wait()
                     if time.monotonic() > deadline:
                         log.info("batch out of time: %d deliveries back to the queue", len(untried))
@@ -702,7 +832,14 @@ def send_batch(
                     in_flight = recipient.delivery_id
                     try:
                         with log_context(delivery_id=recipient.delivery_id):
-                            outcome = _build_and_hand_over(session, mailer, sender, recipient)
+                            outcome = _deliver(
+                                records,
+                                mailer,
+                                sender,
+                                recipient,
+                                ahead.take(recipient),
+                                ahead.meanwhile(recipients[n + 1 : n + 2]),
+                            )
                     except TransportUnavailable:
                         # Refused or cut off before its final dot: certainly not delivered.
                         not_sent, in_flight = [recipient.delivery_id], None
@@ -710,10 +847,13 @@ def send_batch(
                     in_flight = None
                     if outcome is not None:
                         outcomes[outcome] += 1
-                    if outcome == DeliveryState.SENT:
-                        last_sent = recipient.delivery_id
-                # Before the QUIT: a reader's unsubscribe must not wait on this row's lock.
-                session.commit()
+                    unknown_in_a_row = (
+                        unknown_in_a_row + 1 if outcome is DeliveryState.UNKNOWN else 0
+                    )
+                    if unknown_in_a_row == UNKNOWN_IN_A_ROW:
+                        break
+                # Before the QUIT, so that a crash there cannot lose a success.
+                records.commit()
         finally:
             # Whatever stopped the batch early, rows it did not try go back to the queue at
             # once (a fresh transaction: the one in use may be the thing that broke), and so
@@ -722,17 +862,16 @@ def send_batch(
             # never reached DATA: once ``sending``, it stays for its lease and then becomes
             # ``unknown``, because it may have gone out.
             session.rollback()
-            if last_sent is not None:
-                # Its success may have been waiting for a commit that never came: recorded
-                # again in a fresh transaction (a no-op if it was committed: it is no longer
-                # queued or sending).
+            if records.unwritten is not None:
+                # A success waiting for a commit that never came: recorded in a fresh
+                # transaction (a no-op if it was committed after all: it is no longer queued or
+                # sending).
                 try:
-                    _settle(
-                        session, last_sent, DeliveryState.SENT, sent_at=utcnow(), last_error=None
-                    )
+                    records.commit()
                 except SQLAlchemyError:
                     log.exception(
-                        "could not record delivery %s as sent; its lease settles it", last_sent
+                        "could not record delivery %s as sent; its lease settles it",
+                        records.unwritten[0],
                     )
             if in_flight is not None:
                 untried.append(in_flight)
@@ -744,7 +883,7 @@ def send_batch(
                     "could not release %d deliveries; their lease frees them",
                     len(untried) + len(not_sent),
                 )
-        reason = _auto_pause_reason(outcomes)
+        reason = _auto_pause_reason(outcomes, unknown_in_a_row)
         if reason is not None:
             log.error("edition %s paused: %s", edition_id, reason)
             pause_edition(session, edition_id, utcnow(), reason)
@@ -752,10 +891,15 @@ def send_batch(
     return outcomes
 
 
-def _auto_pause_reason(outcomes: Counter[DeliveryState]) -> str | None:
+def _auto_pause_reason(outcomes: Counter[DeliveryState], unknown_in_a_row: int) -> str | None:
     """Why the edition should stop, if this batch says so: when most of a batch does not go
     out, carrying on burns the sender's reputation (or the relay's patience) for nothing.
     Readers with a thin day were not attempted: they are not errors."""
+    if unknown_in_a_row >= UNKNOWN_IN_A_ROW:
+        return (
+            f"the relay left {unknown_in_a_row} messages in a row without an answer to their "
+            "final dot (hung up or timed out): whether they were delivered is unknown"
+        )
     attempts = sum(n for state, n in outcomes.items() if state != DeliveryState.CANCELLED)
     missed = attempts - outcomes[DeliveryState.SENT]
     if attempts < AUTO_PAUSE_MIN_ATTEMPTS or missed < attempts * AUTO_PAUSE_SHARE:

@@ -322,18 +322,45 @@ def test_a_success_waiting_for_its_commit_survives_a_failed_statement(
     env.update(DIGEST_DATABASE_URL=postgres_url, DIGEST_SMTP_URL=smtp_sink.url)
     settings = load_settings(env)
     _, edition_id = _prepare(settings, 2)
-    real_begin = sending._begin
+    real_begin = sending._Records.begin
     calls = []
 
-    def failing_second_begin(session, delivery_id, *args, **kwargs):
+    def failing_second_begin(records, delivery_id, *args, **kwargs):
         calls.append(delivery_id)
         if len(calls) == 2:
-            session.execute(text("SELECT 1 / 0"))  # aborts the transaction
-        return real_begin(session, delivery_id, *args, **kwargs)
+            records.session.execute(text("SELECT 1 / 0"))  # aborts the transaction
+        return real_begin(records, delivery_id, *args, **kwargs)
 
-    monkeypatch.setattr(sending, "_begin", failing_second_begin)
+    monkeypatch.setattr(sending._Records, "begin", failing_second_begin)
     with pytest.raises(DBAPIError):
         sending.send_batch(session_factory(settings.database_url), settings, edition_id)
     states = _states(settings, edition_id)
     assert sorted(states.values()) == [DeliveryState.QUEUED, DeliveryState.SENT], states
     assert len(smtp_sink.messages) == 1
+
+
+def test_a_database_error_building_the_next_message_ahead_loses_no_outcome(
+    env, postgres_url, smtp_sink, monkeypatch
+) -> None:
+    # The next reader's message is built while the relay decides on the current one. Here that
+    # build aborts the transaction: the current message's success (held for the next commit)
+    # is still recorded, the error stops the batch in the next reader's turn, and the rest go
+    # back to the queue.
+    env.update(DIGEST_DATABASE_URL=postgres_url, DIGEST_SMTP_URL=smtp_sink.url)
+    settings = load_settings(env)
+    _, edition_id = _prepare(settings, 4)
+    real_message = sending.EditionMailer.message
+    built = []
+
+    def failing_third(mailer, recipient, now):
+        built.append(recipient.delivery_id)
+        if len(built) == 3:
+            mailer.session.execute(text("SELECT 1 / 0"))  # aborts the transaction
+        return real_message(mailer, recipient, now)
+
+    monkeypatch.setattr(sending.EditionMailer, "message", failing_third)
+    with pytest.raises(DBAPIError):
+        sending.send_batch(session_factory(settings.database_url), settings, edition_id)
+    states = _states(settings, edition_id)
+    assert sorted(states.values()) == [DeliveryState.QUEUED] * 2 + [DeliveryState.SENT] * 2
+    assert len(smtp_sink.messages) == 2

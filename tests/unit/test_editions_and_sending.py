@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 
 import pytest
@@ -119,6 +120,33 @@ def test_batches_send_every_delivery_once_to_the_outbox(
     messages = [parse_message(f.read_bytes()) for f in files]
     assert len({m["Message-ID"] for m in messages}) == SUBSCRIBERS
     assert {m["Feedback-ID"] for m in messages} == {f"{edition.id}:daily:digest:news.example.com"}
+
+
+def test_the_next_message_is_built_while_the_relay_decides_on_this_one(
+    edition: Edition, sessions, sqlite_settings: Settings, monkeypatch
+) -> None:
+    events: list[tuple[str, int]] = []
+    real_message, real_sent = sending.EditionMailer.message, sending._Records.sent
+
+    def message(self, recipient, now):
+        events.append(("built", recipient.delivery_id))
+        return real_message(self, recipient, now)
+
+    def sent(self, delivery_id):
+        events.append(("sent", delivery_id))
+        return real_sent(self, delivery_id)
+
+    monkeypatch.setattr(sending.EditionMailer, "message", message)
+    monkeypatch.setattr(sending._Records, "sent", sent)
+    sending.send_batch(sessions, sqlite_settings, edition.id)
+    ids = sorted(delivery_id for kind, delivery_id in events if kind == "sent")
+    assert len(ids) == min(sqlite_settings.batch_size, SUBSCRIBERS) > 2
+    # Each message but the first is built before the one ahead of it is recorded as taken,
+    # that is, while the relay (here the outbox) answers for it; each is built once.
+    expected = [("built", ids[0])]
+    for current, following in itertools.pairwise(ids):
+        expected += [("built", following), ("sent", current)]
+    assert events == [*expected, ("sent", ids[-1])]
 
 
 def test_a_batch_that_breaks_gives_back_what_it_never_handed_over(

@@ -165,7 +165,7 @@ def test_thin_day_cancellations_do_not_pause_an_edition() -> None:
     from digest.models import DeliveryState
     from digest.sending import _auto_pause_reason
 
-    assert (
-        _auto_pause_reason(Counter({DeliveryState.CANCELLED: 40, DeliveryState.SENT: 10})) is None
-    )
-    assert _auto_pause_reason(Counter({DeliveryState.FAILED: 15, DeliveryState.SENT: 10}))
+    thin = Counter({DeliveryState.CANCELLED: 40, DeliveryState.SENT: 10})
+    assert _auto_pause_reason(thin, unknown_in_a_row=0) is None
+    failing = Counter({DeliveryState.FAILED: 15, DeliveryState.SENT: 10})
+    assert _auto_pause_reason(failing, unknown_in_a_row=0)
