@@ -10,9 +10,9 @@ Run on demand, never by the test suite. It creates a fresh PostgreSQL database (
 end), ingests the sample site, subscribes N readers and prepares today's edition (not timed),
 then starts ``digest worker --beat --concurrency C`` and times from its start until every
 delivery is final; it also gives the rate from the first final delivery on, which leaves out
-the worker's start-up (a few seconds, a large share of a small edition). The sink (aiosmtpd, its own process) counts what it accepted; the bench
-checks that count equals the deliveries marked sent. Worker memory is the peak RSS (VmHWM)
-of the worker's processes, summed.
+the worker's start-up (a few seconds, a large share of a small edition). The sink (aiosmtpd,
+its own process) counts what it accepted; the bench checks that count equals the deliveries
+marked sent. Worker memory is the peak RSS (VmHWM) of the worker's processes, summed.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parseaddr
@@ -250,8 +251,8 @@ def _settle(
     commit: bool = True,
     **values: object,
 ) -> None:
-    """Record an attempt's outcome (the refusal may come before or after ``_begin``). Without
-    ``commit``, the next commit carries it: the next ``_begin``, or the batch's end."""
+    """Record an attempt's outcome (the refusal may come before or after the message entered
+    the SMTP window). Without ``commit``, the next commit carries it."""
     _set(
         session,
         delivery_id,
@@ -720,8 +721,9 @@ class _BuiltAhead:
             except Exception as exc:
                 if isinstance(exc, SQLAlchemyError):
                     # Nothing is uncommitted here; the current message's outcome needs a
-                    # usable session.
-                    self.records.session.rollback()
+                    # usable session. A rollback that fails too leaves that to the finally.
+                    with suppress(SQLAlchemyError):
+                        self.records.session.rollback()
                 self.built[following.delivery_id] = exc
 
         return build
@@ -832,12 +834,13 @@ def send_batch(
                     in_flight = recipient.delivery_id
                     try:
                         with log_context(delivery_id=recipient.delivery_id):
+                            built = ahead.take(recipient)
                             outcome = _deliver(
                                 records,
                                 mailer,
                                 sender,
                                 recipient,
-                                ahead.take(recipient),
+                                built,
                                 ahead.meanwhile(recipients[n + 1 : n + 2]),
                             )
                     except TransportUnavailable:
@@ -847,11 +850,15 @@ def send_batch(
                     in_flight = None
                     if outcome is not None:
                         outcomes[outcome] += 1
-                    unknown_in_a_row = (
-                        unknown_in_a_row + 1 if outcome is DeliveryState.UNKNOWN else 0
-                    )
-                    if unknown_in_a_row == UNKNOWN_IN_A_ROW:
-                        break
+                    if outcome is DeliveryState.UNKNOWN:
+                        unknown_in_a_row += 1
+                        if unknown_in_a_row == UNKNOWN_IN_A_ROW:
+                            break
+                    elif outcome is not None and not isinstance(built, DeliveryState):
+                        unknown_in_a_row = 0  # the relay answered (readers not tried do not count)
+                # Readers whose message was built ahead and then not tried (a thin day, a
+                # message that cannot be built) were settled all the same.
+                outcomes.update(b for b in ahead.built.values() if isinstance(b, DeliveryState))
                 # Before the QUIT, so that a crash there cannot lose a success.
                 records.commit()
         finally:

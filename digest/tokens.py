@@ -36,10 +36,10 @@ class _Minter:
     """Mints what ``serializer.dumps`` would, ~6x faster: the signing key is derived and the
     HMAC keyed once, not per token, and the payload is never offered to zlib. A message carries
     ~20 tokens (one per link), so itsdangerous's per-call setup and its compression attempt
-    (~10 µs, most of a token) were a sixth of a send's CPU (bench/RESULTS.md). A few ids never
-    compress shorter, so the token is the same; were it ever different, itsdangerous reads an
-    uncompressed payload all the same. Reading tokens stays with itsdangerous, which also tries
-    the older keys."""
+    (~10 µs, most of a token) were a sixth of a send's CPU (bench/RESULTS.md). A few ids rarely
+    compress shorter (long repeated ones can), so the token is almost always the same; where it
+    differs, itsdangerous reads the uncompressed payload all the same. Reading tokens stays
+    with itsdangerous, which also tries the older keys."""
 
     def __init__(self, serializer: URLSafeSerializer) -> None:
         self._json = json.JSONEncoder(separators=(",", ":")).encode  # itsdangerous's compact JSON
