@@ -13,19 +13,15 @@ import pytest
 import requests
 
 from digest.social.clients.discord import STATUS_OUTCOMES, DiscordClient
-from digest.social.platform import Account, LinkCard, Outcome, PlatformError, Post
+from digest.social.platform import Account, Outcome, Post
 from tests.social_fakes.base import Failure
+from tests.social_fakes.client_checks import CARD, failure
 from tests.social_fakes.discord import DiscordFake
 from tests.support import free_port
 
 WEBHOOK_ID = "1234567890123456789"
 TOKEN = "Xk2mN8-webhook_secret_token-9pQrStUvWxYz0123456789abcdefGHIJ"
 WEBHOOK_URL = f"https://discord.com/api/webhooks/{WEBHOOK_ID}/{TOKEN}"
-CARD = LinkCard(
-    url="https://news.example/2026/11/budget-vote",
-    title="Council passes the budget",
-    description="A late-night vote ends a month of talks.",
-)
 POST = Post(key="story-17:discord-1:default", text="Council passes the budget", card=CARD)
 
 
@@ -53,12 +49,6 @@ def client(fake: DiscordFake) -> Callable[..., DiscordClient]:
         return DiscordClient(account, timeout=timeout)
 
     return make
-
-
-def failure(call: Callable[[], object]) -> PlatformError:
-    with pytest.raises(PlatformError) as info:
-        call()
-    return info.value
 
 
 def test_publish_posts_one_message_whose_link_discord_unfurls(fake, client):

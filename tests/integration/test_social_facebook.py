@@ -14,18 +14,14 @@ from urllib.parse import parse_qs
 import pytest
 
 from digest.social.clients.facebook import CODE_OUTCOMES, GRAPH_VERSION, FacebookClient
-from digest.social.platform import Account, LinkCard, Outcome, PlatformError, Post, Published
+from digest.social.platform import Account, LinkCard, Outcome, Post
 from tests.social_fakes.base import Failure
+from tests.social_fakes.client_checks import CARD, failure, post_once
 from tests.social_fakes.facebook import FacebookFake, graph_error
 from tests.support import free_port
 
 PAGE_ID = "104857600123456"
 TOKEN = "EAAGm0PX4ZCpsBO-page-secret-token-ZBZCZD"
-CARD = LinkCard(
-    url="https://news.example/2026/11/budget-vote",
-    title="Council passes the budget",
-    description="A late-night vote ends a month of talks.",
-)
 POST = Post(key="story-17:facebook-1:default", text="Council passes the budget.", card=CARD)
 
 
@@ -53,22 +49,6 @@ def client(fake: FacebookFake) -> Callable[..., FacebookClient]:
         return FacebookClient(account, timeout=timeout)
 
     return make
-
-
-def failure(call: Callable[[], object]) -> PlatformError:
-    with pytest.raises(PlatformError) as info:
-        call()
-    return info.value
-
-
-def post_once(client: FacebookClient, post: Post) -> Published:
-    """What the queue does: after an unclear failure, read back before posting again."""
-    try:
-        return client.publish(post)
-    except PlatformError as error:
-        if error.outcome is not Outcome.UNCLEAR:
-            raise
-    return client.find_published(post) or client.publish(post)
 
 
 def test_publish_makes_one_page_post_with_the_story_link(fake, client):

@@ -19,19 +19,15 @@ from digest.social.clients.linkedin import (
     LinkedInClient,
     little_text,
 )
-from digest.social.platform import Account, LinkCard, Outcome, PlatformError, Post, Published
+from digest.social.platform import Account, Outcome, Post
 from tests.social_fakes.base import Failure
+from tests.social_fakes.client_checks import CARD, failure, post_once
 from tests.social_fakes.linkedin import LinkedInFake, linkedin_error, read_little
 from tests.support import free_port
 
 ORGANIZATION = "2414183"
 AUTHOR = f"urn:li:organization:{ORGANIZATION}"
 TOKEN = "AQV-linkedin-secret-access-token-8Xk2"
-CARD = LinkCard(
-    url="https://news.example/2026/11/budget-vote",
-    title="Council passes the budget",
-    description="A late-night vote ends a month of talks.",
-)
 POST = Post(key="story-17:linkedin-1:default", text="Council passes the budget.", card=CARD)
 # Every reserved character, a hashtag, and things that look like little elements.
 HOSTILE = (
@@ -65,22 +61,6 @@ def client(fake: LinkedInFake) -> Callable[..., LinkedInClient]:
         return LinkedInClient(account, timeout=timeout)
 
     return make
-
-
-def failure(call: Callable[[], object]) -> PlatformError:
-    with pytest.raises(PlatformError) as info:
-        call()
-    return info.value
-
-
-def post_once(client: LinkedInClient, post: Post) -> Published:
-    """What the queue does: after an unclear failure, read back before posting again."""
-    try:
-        return client.publish(post)
-    except PlatformError as error:
-        if error.outcome is not Outcome.UNCLEAR:
-            raise
-    return client.find_published(post) or client.publish(post)
 
 
 def test_publish_makes_one_article_post_for_the_organisation(fake, client):

@@ -13,18 +13,14 @@ import pytest
 import requests
 
 from digest.social.clients.slack import ERROR_OUTCOMES, STATUS_OUTCOMES, SlackClient
-from digest.social.platform import Account, LinkCard, Outcome, PlatformError, Post
+from digest.social.platform import Account, Outcome, Post
 from tests.social_fakes.base import Failure
+from tests.social_fakes.client_checks import CARD, failure
 from tests.social_fakes.slack import PLAIN, SlackFake
 from tests.support import free_port
 
 TEAM, HOOK, SECRET = "T0001ABCD", "B0002EFGH", "xK9secretWebhookPart0123"
 WEBHOOK_URL = f"https://hooks.slack.com/services/{TEAM}/{HOOK}/{SECRET}"
-CARD = LinkCard(
-    url="https://news.example/2026/11/budget-vote",
-    title="Council passes the budget",
-    description="A late-night vote ends a month of talks.",
-)
 POST = Post(key="story-17:slack-1:default", text="Council passes the budget", card=CARD)
 # The status Slack sends with each error string.
 ERROR_STATUS = {
@@ -66,12 +62,6 @@ def client(fake: SlackFake) -> Callable[..., SlackClient]:
         return SlackClient(account, timeout=timeout)
 
     return make
-
-
-def failure(call: Callable[[], object]) -> PlatformError:
-    with pytest.raises(PlatformError) as info:
-        call()
-    return info.value
 
 
 def test_publish_posts_one_message_with_the_link_unfurled(fake, client):

@@ -11,8 +11,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from digest.social.clients.telegram import STATUS_OUTCOMES, TelegramClient
-from digest.social.platform import Account, LinkCard, Outcome, PlatformError, Post
+from digest.social.platform import Account, Outcome, Post
 from tests.social_fakes.base import Failure
+from tests.social_fakes.client_checks import CARD, failure
 from tests.social_fakes.telegram import Channel, TelegramFake, telegram_error
 from tests.support import free_port
 
@@ -20,11 +21,6 @@ TOKEN = "7012345678:AAHk3xQ9-secret_Token-zz0123456789"
 CHANNEL = Channel(-1001234567890, "newsroom", "Newsroom")
 PRIVATE = Channel(-1005550001111, None, "Newsroom staff")
 LOCKED = Channel(-1009990001111, "locked", "Not ours", bot_is_admin=False)
-CARD = LinkCard(
-    url="https://news.example/2026/11/budget-vote",
-    title="Council passes the budget",
-    description="A late-night vote ends a month of talks.",
-)
 POST = Post(key="story-17:telegram-1:default", text="Council passes the budget", card=CARD)
 
 
@@ -52,12 +48,6 @@ def client(fake: TelegramFake) -> Callable[..., TelegramClient]:
         return TelegramClient(account, timeout=timeout)
 
     return make
-
-
-def failure(call: Callable[[], object]) -> PlatformError:
-    with pytest.raises(PlatformError) as info:
-        call()
-    return info.value
 
 
 def test_publish_posts_one_message_with_the_story_as_its_preview(fake, client):
