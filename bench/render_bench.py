@@ -84,7 +84,7 @@ def main() -> None:
                 # A fresh mailer per run, as per batch: its layouts are rendered again.
                 mailer = EditionMailer(session, settings, edition)
                 for recipient in recipients:
-                    mailer.rendered(recipient)
+                    mailer.rendered(recipient, mailer.urls(recipient))
 
             def baseline() -> None:
                 mailer = EditionMailer(session, settings, edition)

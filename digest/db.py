@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from functools import cache
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Dialect, Engine, Select, Update, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Compiled
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -42,6 +47,74 @@ def upsert_insert(session: Session, table: type[Any]) -> Any:
     if session.get_bind().dialect.name == "postgresql":
         return postgresql.insert(table)
     return sqlite.insert(table)
+
+
+# A Core statement and its parameters.
+Statement = tuple[Update | Select[Any], Mapping[str, Any]]
+
+
+def commit_together(session: Session, statements: Sequence[Statement]) -> list[int]:
+    """Run Core ``statements``, each with its parameters, and commit them with whatever the
+    session's transaction holds; returns each statement's row count.
+
+    Through psycopg this is one round trip to PostgreSQL instead of one per statement plus
+    one for BEGIN and one for COMMIT: the parameters are bound on the client and the
+    statements go as one query. Each still runs with a snapshot taken when it starts (READ
+    COMMITTED), so one may wait for a lock that a later one relies on. A statement must not
+    use expanding parameters, which are bound as the statement runs: ``column.in_(values)``
+    with a list of plain values is one; ``column.in_([literal(v) for v in values])`` is not.
+    """
+    session.flush()
+    connection = session.connection()
+    if not statements or connection.dialect.driver != "psycopg":
+        counts = [
+            connection.execute(statement, params).rowcount for statement, params in statements
+        ]
+        session.commit()
+        return counts
+    raw = connection.connection.driver_connection
+    assert isinstance(raw, psycopg.Connection)
+    opening = raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    # Out of a transaction psycopg would send a BEGIN of its own first, in a round trip of its
+    # own: the query carries it instead.
+    switched = opening and not raw.autocommit
+    with psycopg.ClientCursor(raw) as cursor:
+        sql = ["BEGIN"] if opening else []
+        for statement, params in statements:
+            compiled = _compiled(statement, connection.dialect)
+            sql.append(cursor.mogrify(compiled.string, compiled.construct_params(params)))
+        query = "; ".join([*sql, "COMMIT"])
+        try:
+            if switched:
+                raw.autocommit = True
+            cursor.execute(query)
+            counts = [cursor.rowcount]
+            while cursor.nextset():
+                counts.append(cursor.rowcount)
+        except psycopg.Error as exc:
+            with suppress(psycopg.Error):
+                raw.rollback()  # the transaction is lost: leave the connection usable, if it is
+            raise DBAPIError.instance(query, None, exc, psycopg.Error) from exc
+        finally:
+            if switched:
+                try:
+                    raw.autocommit = False
+                except psycopg.Error:
+                    # Broken, or in a state that would autocommit whatever its next user runs.
+                    connection.invalidate()
+    session.commit()  # nothing left to send: this only brings the session's state in line
+    return counts[1:-1] if opening else counts[:-1]
+
+
+@lru_cache(maxsize=64)
+def _compiled(statement: Update | Select[Any], dialect: Dialect) -> Compiled:
+    compiled = statement.compile(dialect=dialect)
+    if "POSTCOMPILE" in compiled.string:
+        raise ValueError(
+            f"an expanding parameter cannot be bound on the client (use IN with literal() values "
+            f"instead): {compiled}"
+        )
+    return compiled
 
 
 def session_factory(url: str) -> sessionmaker[Session]:

@@ -52,6 +52,7 @@ from sqlalchemy import (
     bindparam,
     exists,
     func,
+    literal,
     or_,
     select,
     update,
@@ -62,6 +63,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from digest.bounce_reports import ReportKind, classify_smtp_reply
 from digest.bounces import record_bounce
 from digest.config import DEFAULT_STALL_SECONDS, MAX_BATCH_SECONDS, Settings
+from digest.db import Statement, commit_together
 from digest.editions import extend_pool
 from digest.ledger import RECEIVED, SegmentUnavailable, readers, received_stories, segment
 from digest.logs import log_context
@@ -174,34 +176,43 @@ def claim_batch(session: Session, edition_id: int, limit: int, now: datetime) ->
 def _update_statement(
     since: tuple[DeliveryState, ...], columns: tuple[str, ...], count_attempt: bool
 ) -> Update:
-    """One delivery's state change, built once per shape: two of these run per message, and
-    building and running them through the ORM cost more than the database does
-    (bench/RESULTS.md, sending end to end)."""
+    """One delivery's state change, built once per shape: building it through the ORM for
+    every message cost more than the database does (bench/RESULTS.md, sending end to end)."""
     table = Delivery.__table__
     values: dict[str, Any] = {c: bindparam(c, type_=table.c[c].type) for c in columns}
     if count_attempt:
         values["attempts"] = table.c.attempts + 1
     return (
         update(table)
-        .where(table.c.id == bindparam("delivery_id"), table.c.state.in_(since))
+        .where(table.c.id == bindparam("delivery_id"), _state_in(table.c.state, since))
         .values(values)
     )
 
 
-def _set(
-    session: Session,
+def _state_in(column: ColumnElement[DeliveryState], states: tuple[DeliveryState, ...]) -> Any:
+    """``column IN states``, one bound value per state: an expanding IN could not be sent by
+    digest.db.commit_together."""
+    return column.in_([literal(state, column.type) for state in states])
+
+
+def _change(
     delivery_id: int,
     since: tuple[DeliveryState, ...],
     *,
-    commit: bool = True,
     count_attempt: bool = False,
     **values: object,
-) -> bool:
+) -> Statement:
+    """The statement, and its parameters, that changes the delivery if it is in one of
+    ``since``."""
     statement = _update_statement(since, tuple(sorted(values)), count_attempt)
-    done = session.connection().execute(statement, {"delivery_id": delivery_id, **values})
-    if commit:
-        session.commit()
-    return bool(done.rowcount)
+    return statement, {"delivery_id": delivery_id, **values}
+
+
+def _outcome(delivery_id: int, state: DeliveryState, **values: object) -> Statement:
+    """An attempt's outcome (the refusal may come before or after the message entered the
+    SMTP window)."""
+    since = (DeliveryState.QUEUED, DeliveryState.SENDING)
+    return _change(delivery_id, since, count_attempt=True, state=state, lease_until=None, **values)
 
 
 # Namespace of the per-reader advisory locks taken when a message enters the SMTP window.
@@ -223,7 +234,7 @@ def _begin_statement() -> Update:
         .where(
             other.c.subscriber_id == table.c.subscriber_id,
             other.c.id != table.c.id,
-            other.c.state.in_(RECEIVED),
+            _state_in(other.c.state, RECEIVED),
             theirs.c.segment_id == other.c.segment_id,
             mine.c.segment_id == bindparam("segment_id"),
             mine.c.story_id == theirs.c.story_id,
@@ -243,61 +254,19 @@ def _begin_statement() -> Update:
     )
 
 
-def _settle(
-    session: Session,
-    delivery_id: int,
-    state: DeliveryState,
-    *,
-    commit: bool = True,
-    **values: object,
-) -> None:
-    """Record an attempt's outcome (the refusal may come before or after the message entered
-    the SMTP window). Without ``commit``, the next commit carries it."""
-    _set(
-        session,
-        delivery_id,
-        (DeliveryState.QUEUED, DeliveryState.SENDING),
-        commit=commit,
-        count_attempt=True,
-        state=state,
-        lease_until=None,
-        **values,
-    )
-
-
-def _success(delivery_id: int, sent_at: datetime) -> dict[str, object]:
-    """The parameters of _success_statement: what ``_settle`` writes for SENT."""
-    values = {"state": DeliveryState.SENT, "lease_until": None, "sent_at": sent_at}
-    return {"delivery_id": delivery_id, "last_error": None, **values}
-
-
-def _success_statement() -> Update:
-    return _update_statement(
-        (DeliveryState.QUEUED, DeliveryState.SENDING),
-        ("last_error", "lease_until", "sent_at", "state"),
-        True,
-    )
-
-
 @functools.cache
-def _lock_statement(with_success: bool) -> Select[Any]:
-    """Take the reader's advisory lock; with ``with_success``, in the same statement (and
-    round trip), record the previous message's success."""
-    lock = select(func.pg_advisory_xact_lock(bindparam("space"), bindparam("reader")))
-    if with_success:
-        succeeded = _success_statement().returning(Delivery.__table__.c.id).cte("succeeded")
-        lock = lock.add_cte(succeeded)
-    return lock
+def _lock_statement() -> Select[Any]:
+    """The reader's advisory lock, held until the transaction ends."""
+    return select(func.pg_advisory_xact_lock(bindparam("space"), bindparam("reader")))
 
 
 class _Records:
     """A batch's writes to its delivery rows, over one session.
 
-    On PostgreSQL a success is held here, not written when it happens: the next message's
-    entry into the SMTP window writes it (in the statement that takes that reader's lock) and
-    commits it with that entry, so a message costs one commit and three round trips; so does
-    the next outcome, or ``commit`` (before a wait, when the batch ends). The open transaction
-    would lock only the row, which is ours anyway. SQLite locks the whole database for a
+    On PostgreSQL a success is held here, not written when it happens: it is written and
+    committed with the next message's entry into the SMTP window, so that a message costs one
+    round trip to the database (digest.db.commit_together); so does the next outcome, or
+    ``commit`` (before a wait, when the batch ends). SQLite locks the whole database for a
     writer, so there a success is committed at once: other workers must not wait behind our
     next SMTP exchange.
     """
@@ -309,28 +278,16 @@ class _Records:
         self.unwritten: tuple[int, datetime] | None = None
 
     def sent(self, delivery_id: int) -> None:
-        if self.postgresql:
-            self.unwritten = (delivery_id, utcnow())
-        else:
-            _settle(
-                self.session, delivery_id, DeliveryState.SENT, sent_at=utcnow(), last_error=None
-            )
+        self.unwritten = (delivery_id, utcnow())
+        if not self.postgresql:
+            self.commit()
 
     def settle(self, delivery_id: int, state: DeliveryState, **values: object) -> None:
-        """Record an outcome other than a plain success (and the success held, if any) and
-        commit."""
-        self._write_unwritten()
-        _settle(self.session, delivery_id, state, **values)
-        self.unwritten = None
+        """Record and commit an outcome other than a plain success."""
+        self._commit([_outcome(delivery_id, state, **values)])
 
     def commit(self) -> None:
-        self._write_unwritten()
-        self.session.commit()
-        self.unwritten = None
-
-    def _write_unwritten(self) -> None:
-        if self.unwritten is not None:
-            self.session.connection().execute(_success_statement(), _success(*self.unwritten))
+        self._commit([])
 
     def begin(self, delivery_id: int, subscriber_id: int, segment_id: int, *, check: bool) -> bool:
         """Enter the SMTP window, recording the stories the message carries in the
@@ -340,41 +297,39 @@ class _Records:
 
         On PostgreSQL a transaction-scoped advisory lock on the reader makes two newsletters'
         batches enter the window for one reader one after the other, so each sees the other's
-        stories; SQLite runs one writer at a time anyway."""
-        connection = self.session.connection()
+        stories (the guarded UPDATE's snapshot is taken after the lock is granted); SQLite runs
+        one writer at a time anyway."""
         lease_until = utcnow() + LEASE
         if not check:
-            self._write_unwritten()
-            done = _set(
-                self.session,
+            entry = _change(
                 delivery_id,
                 (DeliveryState.QUEUED,),
-                commit=False,
                 state=DeliveryState.SENDING,
                 lease_until=lease_until,
                 segment_id=segment_id,
             )
-        else:
-            if self.postgresql:
-                lock: dict[str, object] = {"space": _READER_LOCK, "reader": subscriber_id}
-                if self.unwritten is not None:
-                    lock |= _success(*self.unwritten)
-                connection.execute(_lock_statement(self.unwritten is not None), lock)
-            else:
-                self._write_unwritten()
-            done = bool(
-                connection.execute(
-                    _begin_statement(),
-                    {
-                        "delivery_id": delivery_id,
-                        "segment_id": segment_id,
-                        "lease_until": lease_until,
-                    },
-                ).rowcount
+            return bool(self._commit([entry])[-1])
+        statements: list[Statement] = []
+        if self.postgresql:
+            statements.append((_lock_statement(), {"space": _READER_LOCK, "reader": subscriber_id}))
+        statements.append(
+            (
+                _begin_statement(),
+                {"delivery_id": delivery_id, "segment_id": segment_id, "lease_until": lease_until},
             )
-        self.session.commit()
+        )
+        return bool(self._commit(statements)[-1])
+
+    def _commit(self, statements: list[Statement]) -> list[int]:
+        """Write the success held, if any, then ``statements``, and commit them together;
+        each statement's row count."""
+        if self.unwritten is not None:
+            delivery_id, sent_at = self.unwritten
+            success = _outcome(delivery_id, DeliveryState.SENT, sent_at=sent_at, last_error=None)
+            statements = [success, *statements]
+        counts = commit_together(self.session, statements)
         self.unwritten = None
-        return done
+        return counts
 
 
 def _release(session: Session, delivery_ids: list[int], states: tuple[DeliveryState, ...]) -> None:
@@ -458,20 +413,21 @@ class EditionMailer:
         return recipient.tracking and self.settings.tracking
 
     def urls(self, recipient: Recipient) -> Callable[[str], str]:
-        """The reader's URL for each slot of a layout."""
+        """The reader's URL for each slot of a layout. Memoised: the HTML and the text part
+        carry the same links, and a token costs more to mint than to look up."""
         base = self.settings.base_url
         delivery_id = recipient.delivery_id
         tracked = self.tracked(recipient)
-        fixed = {
-            "unsubscribe": self.unsubscribe_url(recipient),
-            "preferences": f"{base}/p/"
-            + self.signer.preferences_token(recipient.subscriber_id, self.newsletter.id),
-            "view": f"{base}/v/{self.signer.view_token(delivery_id)}",
-        }
 
+        @functools.cache
         def url(slot: str) -> str:
-            if slot in fixed:
-                return fixed[slot]
+            if slot == "unsubscribe":
+                return self.unsubscribe_url(recipient)
+            if slot == "preferences":
+                token = self.signer.preferences_token(recipient.subscriber_id, self.newsletter.id)
+                return f"{base}/p/{token}"
+            if slot == "view":
+                return f"{base}/v/{self.signer.view_token(delivery_id)}"
             if slot == "pixel":
                 return f"{base}/o/{self.signer.open_token(delivery_id)}"
             link_id = int(slot.removeprefix("link_"))
@@ -487,10 +443,12 @@ class EditionMailer:
         )
         return f"{self.settings.base_url}/u/{token}"
 
-    def rendered(self, recipient: Recipient) -> tuple[RenderedMessage, int]:
+    def rendered(
+        self, recipient: Recipient, urls: Callable[[str], str]
+    ) -> tuple[RenderedMessage, int]:
         """The reader's message parts and the segment they carry. Jinja and the CSS inliner
         run once per batch for each segment (readers who get the same stories), tracked or
-        not; each reader's URLs are filled into that layout."""
+        not; the reader's ``urls`` (see urls) are filled into that layout."""
         blocks = self.blocks(recipient.reader)
         key = segment_key(blocks)
         segment_id = self._segments.get(key)
@@ -504,11 +462,12 @@ class EditionMailer:
             layout = self._layouts[key, tracked] = render_layout(
                 self.frame, blocks, tracked=tracked
             )
-        return layout.fill(self.urls(recipient)), segment_id
+        return layout.fill(urls), segment_id
 
     def message(self, recipient: Recipient, now: datetime) -> Message:
-        rendered, segment_id = self.rendered(recipient)
-        unsubscribe = self.unsubscribe_url(recipient)
+        urls = self.urls(recipient)
+        rendered, segment_id = self.rendered(recipient, urls)
+        unsubscribe = urls("unsubscribe")
         list_id = f"{self.newsletter.slug}.{self.domain}"
         # The mailto is for clients without one-click support; it is offered only where mail
         # comes back to us (a bounce domain routed to the webhook, or the inbound mailbox),
