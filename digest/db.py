@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
+from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import psycopg
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Dialect, Engine, Select, Update, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Compiled
+from sqlalchemy.engine import Compiled, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -37,8 +40,15 @@ def engine_for(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    connect_args = {"connect_timeout": 10} if url.startswith("postgresql") else {}
-    # A database that does not answer fails a request in seconds, not after the OS gives up.
+    connect_args: dict[str, Any] = {}
+    if url.startswith("postgresql"):
+        # A database that does not answer fails a request in seconds, not after the OS gives up.
+        connect_args["connect_timeout"] = 10
+    if make_url(url).get_driver_name() == "psycopg":
+        # psycopg prepares a query it has run five times, and on every rollback deallocates
+        # everything prepared in the session: commit_together's statements too, which are the
+        # ones that matter (one per message sent).
+        connect_args["prepare_threshold"] = None
     return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
@@ -58,8 +68,9 @@ def commit_together(session: Session, statements: Sequence[Statement]) -> list[i
     session's transaction holds; returns each statement's row count.
 
     Through psycopg this is one round trip to PostgreSQL instead of one per statement plus
-    one for BEGIN and one for COMMIT: the parameters are bound on the client and the
-    statements go as one query. Each still runs with a snapshot taken when it starts (READ
+    one for BEGIN and one for COMMIT: each statement is prepared once per connection (PREPARE,
+    so the server plans it once) and run by EXECUTE with its parameters bound on the client,
+    all of them in one query. Each still runs with a snapshot taken when it starts (READ
     COMMITTED), so one may wait for a lock that a later one relies on. A statement must not
     use expanding parameters, which are bound as the statement runs: ``column.in_(values)``
     with a list of plain values is one; ``column.in_([literal(v) for v in values])`` is not.
@@ -74,16 +85,22 @@ def commit_together(session: Session, statements: Sequence[Statement]) -> list[i
         return counts
     raw = connection.connection.driver_connection
     assert isinstance(raw, psycopg.Connection)
+    prepared = [_prepared(statement, type(connection.dialect)) for statement, _ in statements]
+    known = _prepared_on.get(raw)
+    if known is None:
+        known = {name for (name,) in raw.execute("SELECT name FROM pg_prepared_statements")}
+    preparing = list({p.name: p.definition for p in prepared if p.name not in known}.items())
     opening = raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     # Out of a transaction psycopg would send a BEGIN of its own first, in a round trip of its
     # own: the query carries it instead.
     switched = opening and not raw.autocommit
     with psycopg.ClientCursor(raw) as cursor:
-        sql = ["BEGIN"] if opening else []
-        for statement, params in statements:
-            compiled = _compiled(statement, connection.dialect)
-            sql.append(cursor.mogrify(compiled.string, compiled.construct_params(params)))
-        query = "; ".join([*sql, "COMMIT"])
+        head = [definition for _, definition in preparing] + (["BEGIN"] if opening else [])
+        runs = [
+            p.execute(cursor, params) for p, (_, params) in zip(prepared, statements, strict=True)
+        ]
+        query = "; ".join([*head, *runs, "COMMIT"])
+        _prepared_on.pop(raw, None)  # until the query's outcome says what is prepared
         try:
             if switched:
                 raw.autocommit = True
@@ -102,19 +119,44 @@ def commit_together(session: Session, statements: Sequence[Statement]) -> list[i
                 except psycopg.Error:
                     # Broken, or in a state that would autocommit whatever its next user runs.
                     connection.invalidate()
+    _prepared_on[raw] = known | {name for name, _ in preparing}
     session.commit()  # nothing left to send: this only brings the session's state in line
-    return counts[1:-1] if opening else counts[:-1]
+    return counts[len(head) : len(head) + len(runs)]
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A statement as commit_together prepares it on a connection and runs it there."""
+
+    name: str
+    definition: str  # PREPARE name AS …
+    compiled: Compiled  # with $1, $2, … for the parameters
+
+    def execute(self, cursor: psycopg.ClientCursor[Any], params: Mapping[str, Any]) -> str:
+        values = self.compiled.construct_params(params)
+        args = [values[key] for key in self.compiled.positiontup or ()]
+        if not args:
+            return f"EXECUTE {self.name}"
+        return cursor.mogrify(f"EXECUTE {self.name}({', '.join(['%s'] * len(args))})", args)
 
 
 @lru_cache(maxsize=64)
-def _compiled(statement: Update | Select[Any], dialect: Dialect) -> Compiled:
-    compiled = statement.compile(dialect=dialect)
+def _prepared(statement: Update | Select[Any], dialect: type[Dialect]) -> _Prepared:
+    compiled = statement.compile(dialect=dialect(paramstyle="numeric_dollar"))
     if "POSTCOMPILE" in compiled.string:
         raise ValueError(
             f"an expanding parameter cannot be bound on the client (use IN with literal() values "
             f"instead): {compiled}"
         )
-    return compiled
+    # Named for its text: a name means the same statement in every process.
+    name = "digest_" + hashlib.sha256(compiled.string.encode()).hexdigest()[:20]
+    return _Prepared(name, f"PREPARE {name} AS {compiled.string}", compiled)
+
+
+# The statements commit_together has prepared on each connection. A connection not asked yet
+# has no entry; nor has one whose last query failed, which may have struck before or after one
+# of its PREPAREs took effect (a prepared statement outlives a rolled back transaction).
+_prepared_on: WeakKeyDictionary[psycopg.Connection[Any], set[str]] = WeakKeyDictionary()
 
 
 def session_factory(url: str) -> sessionmaker[Session]:

@@ -177,9 +177,9 @@ class Sender(Protocol):
     ) -> bool:
         """Hand one message over, or raise a TransportError subclass.
 
-        ``begin`` is called once the recipient is accepted and right before the message
-        itself goes out; when it returns False (the delivery was cancelled meanwhile) nothing
-        is sent and ``send`` returns False. ``meanwhile`` is called once the whole message has
+        ``begin`` is called once the recipient is accepted, before the message itself goes
+        out; when it returns False (the delivery was cancelled meanwhile) nothing is sent and
+        ``send`` returns False. ``meanwhile`` is called once the whole message has
         gone out, while the relay decides on it, so the caller's next piece of work overlaps
         the relay's; it must not raise. ``key`` is unique per delivery and stable across
         retries.
@@ -374,10 +374,17 @@ class SmtpSender:
             code, reply = smtp.rcpt(recipient)
             if code >= 400:
                 self._refused("RCPT TO", code, reply)
-            if not begin():
-                smtp.rset()
+            # DATA goes out before ``begin`` records the message's entry into the SMTP window,
+            # so that the relay's answer and the database's are awaited at once; the message
+            # itself goes out only once both are in.
+            smtp.putcmd("data")
+            entered = begin()
+            code, reply = smtp.getreply()
+            if not entered:
+                # Only a connection closed before the final dot takes DATA back: the relay
+                # discards a message it did not receive whole. The next message opens another.
+                self._drop()
                 return False
-            code, reply = smtp.docmd("DATA")
             if code != 354:
                 self._refused("DATA", code, reply)
             smtp.send(_dot_stuffed(message))

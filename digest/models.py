@@ -417,7 +417,8 @@ class Delivery(Base):
     __tablename__ = "deliveries"
     __table_args__ = (
         UniqueConstraint("edition_id", "subscriber_id"),
-        Index("ix_deliveries_edition_state", "edition_id", "state"),
+        # A batch's claim takes an edition's first queued rows in id order (digest.sending).
+        Index("ix_deliveries_edition_state_id", "edition_id", "state", "id"),
         # The sent-stories ledger is read per subscriber (digest.ledger).
         Index("ix_deliveries_subscriber_id", "subscriber_id"),
     )

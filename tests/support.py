@@ -448,6 +448,8 @@ class ScriptedSmtp:
                     for body in lines:
                         if body == b".\r\n":
                             break
+                    else:
+                        return  # closed before the final dot: no message
                     self.messages += 1
                     if not self._answer(conn, "dot", "250 queued"):
                         return

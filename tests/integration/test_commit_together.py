@@ -112,22 +112,22 @@ def _frontend_messages(trace: Path) -> list[str]:
 @pytest.mark.parametrize("in_transaction", [False, True], ids=["idle", "in-transaction"])
 def test_one_round_trip_on_postgresql(pg_rows, tmp_path: Path, in_transaction: bool) -> None:
     trace = tmp_path / "libpq.trace"
+    statements = [
+        (LOCK, {"space": 1, "key": 7}),
+        (SET_STATE, {"row": 1, "state": "sent"}),
+        (SET_STATE, {"row": 2, "state": "sent"}),
+    ]
     with pg_rows() as session, trace.open("w") as out:
+        # The first time on a connection asks which statements it has prepared already.
+        assert commit_together(session, statements) == [1, 1, 1]
         if in_transaction:
             session.execute(select(ROWS.c.id).where(ROWS.c.id == 1))
         raw = session.connection().connection.driver_connection
         raw.pgconn.trace(out.fileno())
         raw.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
-        counts = commit_together(
-            session,
-            [
-                (LOCK, {"space": 1, "key": 7}),
-                (SET_STATE, {"row": 1, "state": "sent"}),
-                (SET_STATE, {"row": 2, "state": "sent"}),
-            ],
-        )
+        counts = commit_together(session, statements)
         raw.pgconn.untrace()
-        assert counts == [1, 1, 1]
+        assert counts == [1, 0, 0]  # the lock's row; both rows were sent already
         assert raw.autocommit is False
     # One query, no BEGIN, Sync or COMMIT of psycopg's own.
     assert _frontend_messages(trace) == ["Query"]
@@ -171,3 +171,27 @@ def test_a_statement_after_a_lock_sees_what_committed_while_it_waited(pg_rows) -
 def test_an_expanding_parameter_is_refused_on_postgresql(pg_rows) -> None:
     with pg_rows() as session, pytest.raises(ValueError, match="expanding parameter"):
         commit_together(session, [(SET_STATE_IN_LIST, {})])
+
+
+def test_statements_prepared_by_a_failed_query_are_used_again(pg_rows) -> None:
+    # The failed query's PREPAREs took effect before the error (a prepared statement outlives
+    # the rolled back transaction): the next query must not prepare them a second time.
+    with pg_rows.kw["bind"].connect() as connection, Session(bind=connection) as session:
+        duplicate = (insert(ROWS), {"id": 2, "state": "new"})
+        with pytest.raises(IntegrityError):
+            commit_together(session, [(SET_STATE, {"row": 1, "state": "sent"}), duplicate])
+        session.rollback()
+        assert commit_together(session, [(SET_STATE, {"row": 1, "state": "sent"})]) == [1]
+    assert _states(pg_rows)[1] == "sent"
+
+
+def test_prepared_statements_survive_the_sessions_rollbacks(pg_rows) -> None:
+    # psycopg, preparing on its own, would deallocate everything prepared in the session on
+    # a rollback: the engine turns that off (digest.db.engine_for).
+    with pg_rows.kw["bind"].connect() as connection, Session(bind=connection) as session:
+        assert commit_together(session, [(SET_STATE, {"row": 1, "state": "old"})]) == [1]
+        for _ in range(6):
+            session.execute(select(ROWS.c.state).where(ROWS.c.id == 2)).all()
+        session.rollback()
+        assert commit_together(session, [(SET_STATE, {"row": 1, "state": "sent"})]) == [1]
+    assert _states(pg_rows)[1] == "sent"
