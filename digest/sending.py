@@ -11,8 +11,8 @@ Invariants:
 - A batch is claimed by one atomic UPDATE … RETURNING that leases rows to one worker; two
   workers never hold the same row. A claimed row stays ``queued``: if its worker dies, the lease
   runs out and the row is simply claimed again.
-- A row becomes ``sending`` (committed) only once the relay accepted its recipient, right
-  before the message itself goes out. On PostgreSQL a success is written and committed with
+- A row becomes ``sending`` (committed) only once the relay accepted its recipient, before
+  the message itself goes out (while the relay answers DATA). On PostgreSQL a success is written and committed with
   the next message's ``sending`` (one commit per message instead of two), or with the next
   outcome that is not a plain success, before a wait for the send rate, or when the batch ends
   (_Records). So a crash leaves at most one message in ``sending``: the one being handed over,
