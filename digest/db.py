@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from functools import cache, lru_cache
@@ -14,10 +14,10 @@ from weakref import WeakKeyDictionary
 import psycopg
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Dialect, Engine, Select, Update, create_engine, event
+from sqlalchemy import Connection, Dialect, Engine, Select, Update, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Compiled, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -65,15 +65,19 @@ Statement = tuple[Update | Select[Any], Mapping[str, Any]]
 
 def commit_together(session: Session, statements: Sequence[Statement]) -> list[int]:
     """Run Core ``statements``, each with its parameters, and commit them with whatever the
-    session's transaction holds; returns each statement's row count.
+    session's transaction holds; returns each statement's row count. If anything fails, the
+    session's transaction is rolled back and nothing of it is committed.
 
     Through psycopg this is one round trip to PostgreSQL instead of one per statement plus
-    one for BEGIN and one for COMMIT: each statement is prepared once per connection (PREPARE,
-    so the server plans it once) and run by EXECUTE with its parameters bound on the client,
-    all of them in one query. Each still runs with a snapshot taken when it starts (READ
-    COMMITTED), so one may wait for a lock that a later one relies on. A statement must not
-    use expanding parameters, which are bound as the statement runs: ``column.in_(values)``
-    with a list of plain values is one; ``column.in_([literal(v) for v in values])`` is not.
+    one for BEGIN and one for COMMIT: each statement is prepared once per connection (PREPARE:
+    parsed once, and planned as a generic plan once PostgreSQL finds that as good) and run by
+    EXECUTE with its parameters bound on the client, all of them in one query. Each still runs
+    with a snapshot taken when it starts (READ COMMITTED), so one may wait for a lock that a
+    later one relies on. A statement names its parameters (``bindparam``) and uses no expanding
+    ones, which are bound as the statement runs: ``column.in_(values)`` with a list of plain
+    values is one; ``column.in_([literal(v) for v in values])`` is not. Prepared statements
+    live in the server's session: connect directly or through a pooler in session mode, not in
+    transaction mode.
     """
     session.flush()
     connection = session.connection()
@@ -85,42 +89,66 @@ def commit_together(session: Session, statements: Sequence[Statement]) -> list[i
         return counts
     raw = connection.connection.driver_connection
     assert isinstance(raw, psycopg.Connection)
-    prepared = [_prepared(statement, type(connection.dialect)) for statement, _ in statements]
-    known = _prepared_on.get(raw)
-    if known is None:
-        known = {name for (name,) in raw.execute("SELECT name FROM pg_prepared_statements")}
-    preparing = list({p.name: p.definition for p in prepared if p.name not in known}.items())
-    opening = raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
-    # Out of a transaction psycopg would send a BEGIN of its own first, in a round trip of its
-    # own: the query carries it instead.
-    switched = opening and not raw.autocommit
-    with psycopg.ClientCursor(raw) as cursor:
-        head = [definition for _, definition in preparing] + (["BEGIN"] if opening else [])
-        runs = [
-            p.execute(cursor, params) for p, (_, params) in zip(prepared, statements, strict=True)
-        ]
-        query = "; ".join([*head, *runs, "COMMIT"])
-        _prepared_on.pop(raw, None)  # until the query's outcome says what is prepared
-        try:
-            if switched:
-                raw.autocommit = True
+    if raw.prepare_threshold is not None:
+        raise RuntimeError(
+            "commit_together needs psycopg's own preparing off (prepare_threshold=None), or a "
+            "rollback deallocates its statements: use an engine from digest.db.engine_for"
+        )
+    prepared = [
+        (_prepared(statement, connection.dialect), params) for statement, params in statements
+    ]
+    try:
+        counts = _send_together(raw, connection, prepared)
+    except BaseException:
+        with suppress(SQLAlchemyError):
+            session.rollback()  # the session must know its transaction is gone
+        raise
+    session.commit()  # nothing left to send: this only brings the session's state in line
+    return counts
+
+
+def _send_together(
+    raw: psycopg.Connection[Any],
+    connection: Connection,
+    prepared: list[tuple[_Prepared, Mapping[str, Any]]],
+) -> list[int]:
+    """commit_together's query through psycopg: PREPAREs for what the connection lacks, the
+    EXECUTEs and COMMIT; each statement's row count."""
+    switched = False
+    query = "(not built)"
+    try:
+        known = _prepared_on.pop(raw, None)  # until this query's outcome says what is prepared
+        if known is None:
+            known = {name for (name,) in raw.execute("SELECT name FROM pg_prepared_statements")}
+        preparing = {p.name: p.definition for p, _ in prepared if p.name not in known}
+        head = list(preparing.values())
+        if raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            # psycopg would send a BEGIN of its own first, in a round trip of its own: the
+            # query carries it instead, unless the connection asks for particular transactions.
+            if raw.autocommit:
+                head.append("BEGIN")
+            elif (raw.isolation_level, raw.read_only, raw.deferrable) == (None, None, None):
+                raw.autocommit = switched = True
+                head.append("BEGIN")
+        with psycopg.ClientCursor(raw) as cursor:
+            runs = [p.execute(cursor, params) for p, params in prepared]
+            query = "; ".join([*head, *runs, "COMMIT"])
             cursor.execute(query)
             counts = [cursor.rowcount]
             while cursor.nextset():
                 counts.append(cursor.rowcount)
-        except psycopg.Error as exc:
-            with suppress(psycopg.Error):
-                raw.rollback()  # the transaction is lost: leave the connection usable, if it is
-            raise DBAPIError.instance(query, None, exc, psycopg.Error) from exc
-        finally:
-            if switched:
-                try:
-                    raw.autocommit = False
-                except psycopg.Error:
-                    # Broken, or in a state that would autocommit whatever its next user runs.
-                    connection.invalidate()
-    _prepared_on[raw] = known | {name for name, _ in preparing}
-    session.commit()  # nothing left to send: this only brings the session's state in line
+    except psycopg.Error as exc:
+        with suppress(psycopg.Error):
+            raw.rollback()  # the transaction is lost: leave the connection usable, if it is
+        raise DBAPIError.instance(query, None, exc, psycopg.Error) from exc
+    finally:
+        if switched:
+            try:
+                raw.autocommit = False
+            except psycopg.Error:
+                # Broken, or in a state that would autocommit whatever its next user runs.
+                connection.invalidate()
+    _prepared_on[raw] = known | set(preparing)
     return counts[len(head) : len(head) + len(runs)]
 
 
@@ -131,26 +159,39 @@ class _Prepared:
     name: str
     definition: str  # PREPARE name AS …
     compiled: Compiled  # with $1, $2, … for the parameters
+    # What SQLAlchemy does to each parameter before the driver sees it (the column types'
+    # checks and conversions), in the order of $1, $2, …
+    processors: tuple[tuple[str, Callable[[Any], Any] | None], ...]
 
     def execute(self, cursor: psycopg.ClientCursor[Any], params: Mapping[str, Any]) -> str:
         values = self.compiled.construct_params(params)
-        args = [values[key] for key in self.compiled.positiontup or ()]
+        try:
+            args = [
+                values[key] if process is None else process(values[key])
+                for key, process in self.processors
+            ]
+        except Exception as exc:  # as SQLAlchemy reports a value its column type refuses
+            raise StatementError(str(exc), self.compiled.string, values, exc) from exc
         if not args:
             return f"EXECUTE {self.name}"
         return cursor.mogrify(f"EXECUTE {self.name}({', '.join(['%s'] * len(args))})", args)
 
 
 @lru_cache(maxsize=64)
-def _prepared(statement: Update | Select[Any], dialect: type[Dialect]) -> _Prepared:
-    compiled = statement.compile(dialect=dialect(paramstyle="numeric_dollar"))
+def _prepared(statement: Update | Select[Any], dialect: Dialect) -> _Prepared:
+    compiled = statement.compile(dialect=type(dialect)(paramstyle="numeric_dollar"))
     if "POSTCOMPILE" in compiled.string:
         raise ValueError(
             f"an expanding parameter cannot be bound on the client (use IN with literal() values "
             f"instead): {compiled}"
         )
+    processors = tuple(
+        (key, compiled.binds[key].type.dialect_impl(dialect).bind_processor(dialect))
+        for key in compiled.positiontup or ()
+    )
     # Named for its text: a name means the same statement in every process.
     name = "digest_" + hashlib.sha256(compiled.string.encode()).hexdigest()[:20]
-    return _Prepared(name, f"PREPARE {name} AS {compiled.string}", compiled)
+    return _Prepared(name, f"PREPARE {name} AS {compiled.string}", compiled, processors)
 
 
 # The statements commit_together has prepared on each connection. A connection not asked yet

@@ -153,7 +153,7 @@ def resume(session: Session, edition_id: int, now: datetime) -> EditionStatus:
 def cancel(session: Session, edition_id: int, now: datetime) -> EditionStatus:
     """Every delivery not yet handed to the relay becomes ``cancelled``; what is sent stays
     sent. A row a worker has claimed but not begun is cancelled too: the worker checks before
-    each message (digest.sending._begin)."""
+    each message (digest.sending._begin_statement)."""
     edition = load_edition(session, edition_id)
     if edition.cancelled_at is None:
         _open_edition(session, edition_id, "cancelled")

@@ -290,11 +290,15 @@ class SmtpSender:
         if not relays:
             raise ValueError("at least one relay is needed")
         self.relays = list(relays)
-        self.host = self.relays[0].host
+        self._relay: Relay | None = None  # the one whose session is (or was last) open
         self._smtp: smtplib.SMTP | None = None
         # Set while a message's exchange is under way: if it never finishes (an exception from
         # outside, such as a task's time limit), the connection's state is unknown.
         self._mid_exchange = False
+
+    @property
+    def host(self) -> str:
+        return (self._relay or self.relays[0]).host
 
     @classmethod
     def from_url(cls, url: str) -> SmtpSender:
@@ -304,17 +308,19 @@ class SmtpSender:
         if self._smtp is not None:
             return self._smtp
         failures = []
-        for relay in self.relays:
+        # A session opened again within the batch goes first to the relay that took the last.
+        relays = sorted(self.relays, key=lambda relay: relay is not self._relay)
+        for relay in relays:
             try:
                 self._smtp = relay.open()
             except (smtplib.SMTPException, OSError) as exc:
                 failures.append(f"{relay.host}:{relay.port}: {exc}")
-                if relay is not self.relays[-1]:
+                if relay is not relays[-1]:
                     log.warning(
                         "relay %s:%s failed (%s): trying the next", relay.host, relay.port, exc
                     )
                 continue
-            self.host = relay.host
+            self._relay = relay
             return self._smtp
         raise TransportUnavailable(f"cannot open an SMTP session with {'; '.join(failures)}")
 
@@ -349,6 +355,8 @@ class SmtpSender:
         begin: Callable[[], bool],
         meanwhile: Callable[[], None] | None = None,
     ) -> bool:
+        if self._mid_exchange:
+            self._drop()  # the last exchange never finished: its replies would come first
         self._mid_exchange = True
         try:
             accepted = self._exchange(envelope_from, recipient, message, begin, meanwhile)
@@ -378,13 +386,12 @@ class SmtpSender:
             # so that the relay's answer and the database's are awaited at once; the message
             # itself goes out only once both are in.
             smtp.putcmd("data")
-            entered = begin()
-            code, reply = smtp.getreply()
-            if not entered:
+            if not begin():
                 # Only a connection closed before the final dot takes DATA back: the relay
                 # discards a message it did not receive whole. The next message opens another.
                 self._drop()
                 return False
+            code, reply = smtp.getreply()
             if code != 354:
                 self._refused("DATA", code, reply)
             smtp.send(_dot_stuffed(message))

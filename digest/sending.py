@@ -12,12 +12,13 @@ Invariants:
   workers never hold the same row. A claimed row stays ``queued``: if its worker dies, the lease
   runs out and the row is simply claimed again.
 - A row becomes ``sending`` (committed) only once the relay accepted its recipient, before
-  the message itself goes out (while the relay answers DATA). On PostgreSQL a success is written and committed with
-  the next message's ``sending`` (one commit per message instead of two), or with the next
-  outcome that is not a plain success, before a wait for the send rate, or when the batch ends
-  (_Records). So a crash leaves at most one message in ``sending``: the one being handed over,
-  or the one just accepted whose success was not committed yet. When its lease runs out the
-  reconciler marks it ``unknown``: it may have been delivered, so it is never resent.
+  the message itself goes out (while the relay answers DATA). On PostgreSQL a success is
+  written and committed with the next message's ``sending`` (one commit per message instead of
+  two), or with the next outcome that is not a plain success, before a wait for the send rate,
+  or when the batch ends (_Records). So a crash leaves at most one message in ``sending``: the
+  one being handed over, or the one just accepted whose success was not committed yet. When
+  its lease runs out the reconciler marks it ``unknown``: it may have been delivered, so it is
+  never resent.
 - A relay that takes nothing (down, refusing the sender, closing) stops the batch without
   charging any recipient: the untried rows go back to the queue and the task retries later.
 - One recipient whose message cannot be built (bad data, or a segment the database refuses:
@@ -807,6 +808,11 @@ def send_batch(
                         not_sent, in_flight = [recipient.delivery_id], None
                         raise
                     in_flight = None
+                    if outcome is None and _cancelled(session, edition_id):
+                        # Each reader left would be refused the same way, each refusal closing
+                        # the SMTP session (DATA is on its way by then).
+                        log.info("edition cancelled: %d deliveries back to the queue", len(untried))
+                        break
                     if outcome is not None:
                         outcomes[outcome] += 1
                     if outcome is DeliveryState.UNKNOWN:
@@ -855,6 +861,10 @@ def send_batch(
             pause_edition(session, edition_id, utcnow(), reason)
     log.info("edition %s batch: %s", edition_id, dict(outcomes))
     return outcomes
+
+
+def _cancelled(session: Session, edition_id: int) -> bool:
+    return session.scalar(select(Edition.cancelled_at).where(Edition.id == edition_id)) is not None
 
 
 def _auto_pause_reason(outcomes: Counter[DeliveryState], unknown_in_a_row: int) -> str | None:

@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
@@ -402,6 +403,7 @@ class ScriptedSmtp:
         self.script = script
         self.commands: list[str] = []  # the verbs received, upper-cased
         self.messages = 0
+        self.connections = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -420,7 +422,10 @@ class ScriptedSmtp:
                 conn, _ = self._listener.accept()
             except OSError:
                 return
-            with conn, conn.makefile("rb") as lines:
+            self.connections += 1
+            # A client that hangs up mid-session (as the sender does to take DATA back) must
+            # not stop the server.
+            with conn, conn.makefile("rb") as lines, suppress(OSError):
                 self._session(conn, lines)
 
     def _answer(self, conn: socket.socket, stage: str, default: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import psycopg
@@ -21,10 +22,11 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 from digest.db import commit_together, session_factory
+from digest.models import UTCDateTime
 from tests.support import wait_until
 
 ROWS = Table(
@@ -32,6 +34,7 @@ ROWS = Table(
     MetaData(),
     Column("id", Integer, primary_key=True),
     Column("state", String(20), nullable=False),
+    Column("at", UTCDateTime()),
 )
 SET_STATE = (
     update(ROWS)
@@ -40,6 +43,7 @@ SET_STATE = (
 )
 # A plain list of values is an expanding IN: bound when the statement runs.
 SET_STATE_IN_LIST = update(ROWS).where(ROWS.c.state.in_(["new", "old"])).values(state="x")
+INSERT = insert(ROWS).values(id=bindparam("id"), state=bindparam("state"))
 LOCK = select(func.pg_advisory_xact_lock(bindparam("space"), bindparam("key")))
 
 
@@ -76,6 +80,18 @@ def test_statements_are_committed_with_what_the_session_holds(rows) -> None:
     assert _states(rows) == {1: "sent", 2: "old", 3: "new", 4: "sent"}
 
 
+def test_values_go_through_their_column_types(rows) -> None:
+    set_at = update(ROWS).where(ROWS.c.id == 1).values(at=bindparam("at", type_=ROWS.c.at.type))
+    paris = datetime(2026, 11, 25, 7, 0, tzinfo=timezone(timedelta(hours=1)))
+    with rows() as session:
+        with pytest.raises(StatementError, match="naive datetime"):
+            commit_together(session, [(set_at, {"at": datetime(2026, 11, 25, 7, 0)})])
+        assert commit_together(session, [(set_at, {"at": paris})]) == [1]
+        assert session.scalar(select(ROWS.c.at).where(ROWS.c.id == 1)) == datetime(
+            2026, 11, 25, 6, 0, tzinfo=UTC
+        )
+
+
 def test_a_failing_statement_commits_none_of_them(rows) -> None:
     with rows() as session:
         with pytest.raises(IntegrityError):
@@ -83,7 +99,7 @@ def test_a_failing_statement_commits_none_of_them(rows) -> None:
                 session,
                 [
                     (SET_STATE, {"row": 1, "state": "sent"}),
-                    (insert(ROWS), {"id": 2, "state": "new"}),  # the key is taken
+                    (INSERT, {"id": 2, "state": "new"}),  # the key is taken
                 ],
             )
         session.rollback()
@@ -177,7 +193,7 @@ def test_statements_prepared_by_a_failed_query_are_used_again(pg_rows) -> None:
     # The failed query's PREPAREs took effect before the error (a prepared statement outlives
     # the rolled back transaction): the next query must not prepare them a second time.
     with pg_rows.kw["bind"].connect() as connection, Session(bind=connection) as session:
-        duplicate = (insert(ROWS), {"id": 2, "state": "new"})
+        duplicate = (INSERT, {"id": 2, "state": "new"})
         with pytest.raises(IntegrityError):
             commit_together(session, [(SET_STATE, {"row": 1, "state": "sent"}), duplicate])
         session.rollback()

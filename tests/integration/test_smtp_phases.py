@@ -93,6 +93,42 @@ def test_a_cancelled_delivery_sends_no_message() -> None:
         peer.close()
 
 
+def test_an_error_recording_the_entry_sends_no_message() -> None:
+    # The database fails between DATA and its reply: nothing of the message goes out, and the
+    # sender does not read the stale 354 as the next message's answer.
+    peer = ScriptedSmtp({})
+    sender = SmtpSender.from_url(peer.url)
+
+    def failing_begin() -> bool:
+        raise RuntimeError("database gone")
+
+    try:
+        with pytest.raises(RuntimeError):
+            sender.send(
+                "digest@news.example.com", "reader@example.org", MESSAGE, "k", failing_begin
+            )
+        assert send(sender, []) is True
+        assert peer.messages == 1
+        assert peer.connections == 2
+    finally:
+        sender.close()
+        peer.close()
+
+
+def test_a_session_opened_again_goes_to_the_relay_that_took_the_last() -> None:
+    refusing = ScriptedSmtp({"connect": "554 5.3.2 no service"})
+    working = ScriptedSmtp({})
+    sender = SmtpSender.from_url(f"{refusing.url},{working.url}")
+    try:
+        assert send(sender, [], allow=False) is False  # the session is closed after DATA
+        assert send(sender, []) is True
+        assert (refusing.connections, working.connections, working.messages) == (1, 2, 1)
+    finally:
+        sender.close()
+        refusing.close()
+        working.close()
+
+
 def test_message_is_dot_stuffed_and_accepted() -> None:
     peer = ScriptedSmtp({})
     sender = SmtpSender.from_url(peer.url)
