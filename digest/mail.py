@@ -179,10 +179,9 @@ class Sender(Protocol):
 
         ``begin`` is called once the recipient is accepted, before the message itself goes
         out; when it returns False (the delivery was cancelled meanwhile) nothing is sent and
-        ``send`` returns False. ``meanwhile`` is called once the whole message has
-        gone out, while the relay decides on it, so the caller's next piece of work overlaps
-        the relay's; it must not raise. ``key`` is unique per delivery and stable across
-        retries.
+        ``send`` returns False. ``meanwhile`` is called once the whole message has gone out,
+        while the relay decides on it, so the caller's next piece of work overlaps the
+        relay's; it must not raise. ``key`` is unique per delivery and stable across retries.
         """
 
 
