@@ -190,7 +190,9 @@ def _update_statement(
     )
 
 
-def _state_in(column: ColumnElement[DeliveryState], states: tuple[DeliveryState, ...]) -> Any:
+def _state_in(
+    column: ColumnElement[DeliveryState], states: tuple[DeliveryState, ...]
+) -> ColumnElement[bool]:
     """``column IN states``, one bound value per state: an expanding IN could not be sent by
     digest.db.commit_together."""
     return column.in_([literal(state, column.type) for state in states])
